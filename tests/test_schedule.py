@@ -1,0 +1,220 @@
+"""Progressive learning schedule: Algorithm 1 of the paper, the official code's variant, presets."""
+
+import dataclasses
+import json
+
+import pytest
+
+from effv2_lib.schedule import PRESETS, ProgressiveSchedule, Stage
+
+
+def column(schedule, attr):
+    return [getattr(stage, attr) for stage in schedule.stages]
+
+
+def test_paper_s_matches_algorithm_1_by_hand():
+    schedule = ProgressiveSchedule.from_preset("paper-s")
+    # S_i = 128 + (300 - 128) * i / 3 = 128, 185.33, 242.67, 300
+    assert column(schedule, "image_size") == [128, 185, 243, 300]
+    assert column(schedule, "randaug_magnitude") == pytest.approx([5, 8 + 1 / 3, 11 + 2 / 3, 15])
+    assert column(schedule, "dropout") == pytest.approx([0.1, 0.1 + 0.2 / 3, 0.1 + 0.4 / 3, 0.3])
+    assert column(schedule, "mixup_alpha") == [0.0] * 4
+    # 350 = 88 + 88 + 87 + 87: "about 87 epochs per stage", the longer ones first
+    assert column(schedule, "num_epochs") == [88, 88, 87, 87]
+    assert schedule.stages[-1].end_epoch == 350
+
+
+@pytest.mark.parametrize("name, final_size, randaug, mixup, dropout", [
+    ("paper-m", 380, (5, 20), (0, 0.2), (0.1, 0.4)),
+    ("paper-l", 380, (5, 25), (0, 0.4), (0.1, 0.5)),
+])
+def test_paper_m_l_endpoints_follow_table_6(name, final_size, randaug, mixup, dropout):
+    first, *_, last = ProgressiveSchedule.from_preset(name).stages
+    assert (first.image_size, last.image_size) == (128, final_size)
+    assert (first.randaug_magnitude, last.randaug_magnitude) == randaug
+    assert (first.mixup_alpha, last.mixup_alpha) == mixup
+    assert (first.dropout, last.dropout) == dropout
+
+
+def test_automl_s_follows_the_official_code():
+    schedule = ProgressiveSchedule.from_preset("automl-s")
+    # int(128 + (300 - 128) * (i + 1) / 4): the code never trains at 128 px
+    assert column(schedule, "image_size") == [171, 214, 257, 300]
+    assert column(schedule, "randaug_magnitude") == pytest.approx([5, 5 + 5 / 3, 5 + 10 / 3, 10])
+    assert column(schedule, "dropout") == [0.2] * 4  # its dropout ramp is never applied
+    # boundaries int(i / 4 * 350) = 0, 87, 175, 262
+    assert column(schedule, "start_epoch") == [0, 87, 175, 262]
+
+
+def test_automl_m_l_sizes_and_mixup():
+    m = ProgressiveSchedule.from_preset("automl-m")
+    assert column(m, "image_size") == [192, 256, 320, 384]
+    assert column(m, "mixup_alpha") == pytest.approx([0, 0.2 / 3, 0.4 / 3, 0.2])
+    assert ProgressiveSchedule.from_preset("automl-l").stages[-1].mixup_alpha == 0.5
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_presets_grow_to_32_px_in_multiples_of_4(name):
+    schedule = ProgressiveSchedule.from_preset(name)
+    sizes = column(schedule, "image_size")
+    assert sizes == [16, 20, 28, 32]  # 16 + 16 * i / 3 = 16, 21.3, 26.7, 32 rounded to 4
+    assert all(size % 4 == 0 for size in sizes)
+    for attr in ("dropout", "randaug_magnitude", "mixup_alpha"):
+        values = column(schedule, attr)
+        assert values == sorted(values) and values[0] < values[-1]
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_fixed_baseline_is_the_final_stage_of_its_progressive_preset(name):
+    fixed = ProgressiveSchedule.from_preset(f"{name}-fixed")
+    final = ProgressiveSchedule.from_preset(name).stages[-1]
+    (only,) = fixed.stages
+    assert (only.start_epoch, only.end_epoch) == (0, fixed.total_epochs)
+    assert (only.image_size, only.dropout, only.randaug_magnitude, only.mixup_alpha) == (
+        final.image_size, final.dropout, final.randaug_magnitude, final.mixup_alpha)
+
+
+def test_fixed_helper_is_one_constant_stage():
+    schedule = ProgressiveSchedule.fixed(5, 32, dropout=0.2, randaug=6, mixup=0.1)
+    assert schedule.stages == (Stage(0, 0, 5, 32, 0.2, 6.0, 0.1),)
+
+
+@pytest.mark.parametrize("total, stages, lengths", [
+    (10, 4, [3, 3, 2, 2]),  # extra epochs go to the first (cheapest) stages
+    (12, 4, [3, 3, 3, 3]),
+    (4, 4, [1, 1, 1, 1]),
+    (7, 3, [3, 2, 2]),
+])
+def test_stage_lengths_differ_by_at_most_one_and_tile_the_epochs(total, stages, lengths):
+    schedule = ProgressiveSchedule(total, stages, image_size=(16, 32))
+    assert column(schedule, "num_epochs") == lengths
+    assert schedule.stages[0].start_epoch == 0
+    for prev, cur in zip(schedule.stages, schedule.stages[1:]):
+        assert cur.start_epoch == prev.end_epoch
+    assert schedule.stages[-1].end_epoch == total
+
+
+def test_automl_boundaries_for_ten_epochs():
+    schedule = ProgressiveSchedule(10, 4, image_size=(16, 32), rule="automl")
+    assert column(schedule, "num_epochs") == [2, 3, 2, 3]  # int(i * 10 / 4)
+
+
+def test_at_returns_the_stage_at_its_boundaries():
+    schedule = ProgressiveSchedule(10, 4, image_size=(16, 32))  # stages [0,3) [3,6) [6,8) [8,10)
+    assert [schedule.at(e).index for e in range(10)] == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3]
+    assert schedule.at(3) is schedule.stages[1]
+
+
+@pytest.mark.parametrize("epoch", [-1, 10])
+def test_at_rejects_epochs_outside_training(epoch):
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        ProgressiveSchedule(10, 4, image_size=(16, 32)).at(epoch)
+
+
+def test_at_rejects_a_float_epoch():
+    with pytest.raises(TypeError, match="epoch"):
+        ProgressiveSchedule(10, 4, image_size=(16, 32)).at(1.0)
+
+
+def test_single_stage_trains_at_the_final_size_and_regularization():
+    for rule in ("paper", "automl"):
+        schedule = ProgressiveSchedule(7, 1, image_size=(16, 32), dropout=(0.1, 0.3),
+                                       randaug=(2, 6), mixup=(0, 0.2), rule=rule)
+        assert schedule.stages == (Stage(0, 0, 7, 32, 0.3, 6.0, 0.2),)
+
+
+def test_size_multiple_rounds_interior_sizes_and_keeps_the_endpoints():
+    schedule = ProgressiveSchedule(8, 4, image_size=(128, 304), size_multiple=16)
+    # 128, 186.7, 245.3, 304 -> nearest multiples of 16
+    assert column(schedule, "image_size") == [128, 192, 240, 304]
+
+
+def test_size_rounding_is_half_up():
+    # 16 + 8 * 1 / 2 = 20 exactly halfway between 16 and 24
+    schedule = ProgressiveSchedule(3, 3, image_size=(16, 24), size_multiple=8)
+    assert column(schedule, "image_size") == [16, 24, 24]
+
+
+VALID = dict(total_epochs=10, num_stages=4, image_size=(16, 32))
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    (dict(total_epochs=0), ValueError, "total_epochs must be an int >= 1, got 0"),
+    (dict(total_epochs=-5), ValueError, "total_epochs"),
+    (dict(num_stages=0), ValueError, "num_stages must be an int >= 1, got 0"),
+    (dict(total_epochs=3), ValueError, "total_epochs must be >= num_stages"),
+    (dict(image_size=(4, 32)), ValueError, ">= 8 px"),
+    (dict(image_size=(16, 7)), ValueError, ">= 8 px"),
+    (dict(image_size=(16, 32, 64)), ValueError, "pair"),
+    (dict(image_size=32), TypeError, "pair"),
+    (dict(image_size=(16.0, 32)), TypeError, "ints"),
+    (dict(image_size=(18, 32), size_multiple=4), ValueError, "multiples of size_multiple=4"),
+    (dict(size_multiple=0), ValueError, "size_multiple"),
+    (dict(dropout=(0.1, 1.0)), ValueError, r"dropout must be a pair \(start, end\) with values in \[0, 1\)"),
+    (dict(dropout=(-0.1, 0.2)), ValueError, "dropout"),
+    (dict(dropout=(0.1, float("nan"))), ValueError, "dropout"),
+    (dict(dropout=("0.1", 0.2)), TypeError, "dropout"),
+    (dict(randaug=(5, 31)), ValueError, r"randaug .* in \[0, 30\]"),
+    (dict(randaug=(-1, 5)), ValueError, "randaug"),
+    (dict(mixup=(0, -0.2)), ValueError, "mixup .* >= 0"),
+    (dict(mixup=(0, float("inf"))), ValueError, "mixup"),
+    (dict(total_epochs=10.0), TypeError, "total_epochs must be an int, got float"),
+    (dict(num_stages="4"), TypeError, "num_stages"),
+    (dict(num_stages=True), TypeError, "num_stages"),
+    (dict(rule="timm"), ValueError, "rule must be one of"),
+    (dict(name=3), TypeError, "name"),
+])
+def test_bad_arguments_raise_with_a_message_saying_what_is_allowed(overrides, error, message):
+    with pytest.raises(error, match=message):
+        ProgressiveSchedule(**{**VALID, **overrides})
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown schedule preset 'paper-xs'.*'cifar10'.*'paper-s'"):
+        ProgressiveSchedule.from_preset("paper-xs")
+
+
+def test_preset_epochs_can_be_overridden_and_are_validated():
+    assert ProgressiveSchedule.from_preset("cifar10", total_epochs=8).total_epochs == 8
+    with pytest.raises(ValueError, match="total_epochs must be >= num_stages"):
+        ProgressiveSchedule.from_preset("cifar10", total_epochs=2)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_json_round_trip_gives_an_equal_schedule(name):
+    schedule = ProgressiveSchedule.from_preset(name)
+    restored = ProgressiveSchedule.from_json(schedule.to_json())
+    assert restored == schedule
+    assert restored.stages == schedule.stages
+    assert ProgressiveSchedule.from_dict(json.loads(schedule.to_json())) == schedule
+
+
+def test_equality_ignores_how_arguments_were_spelled_but_not_their_values():
+    a = ProgressiveSchedule(10, 4, image_size=[16, 32], dropout=(0, 0.2))
+    b = ProgressiveSchedule(10, 4, image_size=(16, 32), dropout=[0.0, 0.2])
+    assert a == b and hash(a) == hash(b)
+    assert a != dataclasses.replace(a, total_epochs=11)
+
+
+def test_from_dict_rejects_unknown_keys_and_edited_stages():
+    data = ProgressiveSchedule.from_preset("cifar10").to_dict()
+    with pytest.raises(ValueError, match="unknown schedule keys \\['epochs'\\]"):
+        ProgressiveSchedule.from_dict({**data, "epochs": 3})
+    data["stages"][1]["image_size"] = 24
+    with pytest.raises(ValueError, match="stored stages differ"):
+        ProgressiveSchedule.from_dict(data)
+
+
+def test_table_lists_every_stage_with_rounded_values():
+    lines = ProgressiveSchedule.from_preset("paper-s").table().splitlines()
+    assert lines[0] == "paper-s: 350 epochs in 4 stages (rule: paper)"
+    assert len(lines) == 2 + 4
+    assert lines[2].split() == ["0", "0-87", "88", "128", "0.100", "5.00", "0.000"]
+    assert lines[3].split()[3:6] == ["185", "0.167", "8.33"]
+
+
+def test_stage_is_frozen_and_counts_its_epochs():
+    stage = ProgressiveSchedule.from_preset("paper-s").stages[1]
+    assert stage.num_epochs == 88
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stage.image_size = 64
