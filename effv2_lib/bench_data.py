@@ -1,0 +1,146 @@
+"""Input-pipeline throughput: the CPU DataLoader path against the GPU-resident DeviceLoader.
+
+Progressive learning (Tan & Le 2021, Section 4) trains its early stages on small images, where
+the model step is cheap and the input pipeline can become the limit. This benchmark measures
+images per second delivered by each path at several stage sizes, without any model:
+
+* ``cpu``: CifarSplit + `train_transform` (crop, flip, resize, RandAugment at --randaug) in a
+  torch DataLoader with --workers processes, then `mixup_batch` on the collated batch and a copy
+  to the device, as a training loop would do;
+* ``device``: `DeviceLoader` (crop, flip, resize, normalization, Mixup batched on the device).
+
+Run::
+
+    python -m effv2_lib.bench_data                        # sizes 16 24 32, batch 512, auto device
+    python -m effv2_lib.bench_data --sizes 16 32 --batch-size 128 --cpu-images 2048 --device cpu
+
+The data come from `load_cifar` (so ``--data-dir`` or EFFV2_DATA, else the bundled sample).
+Figures depend on the machine; nothing here asserts a speed.
+"""
+
+import argparse
+import os
+import time
+import warnings
+
+import torch
+import torchvision
+
+from .augment import DeviceLoader, mixup_batch, train_transform
+from .data import NORMALIZATION, SampleDataWarning, load_cifar
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_path_rate(split, image_size: int, randaug: float, mixup_alpha: float, batch_size: int,
+                  workers: int, min_images: int, device: torch.device, mean, std) -> float:
+    """Images/s of DataLoader(per-sample transforms) + Mixup + copy to `device`, after the first batch."""
+    dataset = split.with_transform(train_transform(image_size, randaug, mean=mean, std=std))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
+        persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+    generator = torch.Generator().manual_seed(0)
+    images_done, start = 0, None
+    while start is None or images_done < min_images:
+        for images, labels in loader:
+            images, labels = mixup_batch(images, labels, mixup_alpha, len(split.classes), generator)
+            images = images.to(device, non_blocking=True)
+            if start is None:                   # exclude worker start-up and the first batch
+                _synchronize(device)
+                start = time.perf_counter()
+                continue
+            images_done += len(images)
+            if images_done >= min_images:
+                break
+    _synchronize(device)
+    return images_done / (time.perf_counter() - start)
+
+
+def device_path_rate(split, image_size: int, mixup_alpha: float, batch_size: int, min_images: int,
+                     device: torch.device, mean, std, channels_last: bool) -> float:
+    """Images/s of DeviceLoader batches on `device`, after one warm-up epoch."""
+    loader = DeviceLoader(split, batch_size, device=device, image_size=image_size,
+                          mixup_alpha=mixup_alpha, mean=mean, std=std, channels_last=channels_last,
+                          generator=torch.Generator(device=device).manual_seed(0))
+    for _ in loader:                         # warm-up: allocator, kernels, caches
+        pass
+    _synchronize(device)
+    images_done, start = 0, time.perf_counter()
+    while images_done < min_images:
+        for images, _ in loader:
+            images_done += len(images)
+            if images_done >= min_images:
+                break
+    _synchronize(device)
+    return images_done / (time.perf_counter() - start)
+
+
+def check_no_sync(split, batch_size: int, device: torch.device) -> str:
+    """On CUDA, iterate an epoch with sync debugging set to error: any host-device sync raises."""
+    if device.type != "cuda":
+        return "n/a (not CUDA)"
+    loader = DeviceLoader(split, batch_size, device=device, image_size=24, mixup_alpha=0.2,
+                          generator=torch.Generator(device=device).manual_seed(0))
+    torch.cuda.synchronize(device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in loader:
+            pass
+        return "none (torch.cuda.set_sync_debug_mode('error') raised nothing)"
+    except RuntimeError as error:
+        return f"SYNC FOUND: {error}"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="CPU DataLoader path vs GPU-resident path, images/s.")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 24, 32], help="stage sizes (px)")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers")
+    parser.add_argument("--randaug", type=float, default=5.0, help="paper-scale magnitude on the CPU path")
+    parser.add_argument("--mixup-alpha", type=float, default=0.2)
+    parser.add_argument("--cpu-images", type=int, default=8192, help="images timed per CPU measurement")
+    parser.add_argument("--device-images", type=int, default=200_000, help="images timed per device measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="report the best of this many runs")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--data-dir", default=None,
+                        help="data directory (default: EFFV2_DATA, else torchvision copy, else sample)")
+    parser.add_argument("--dataset", default="cifar10", choices=sorted(NORMALIZATION))
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SampleDataWarning)     # the source is printed below
+        data = load_cifar(args.dataset, data_dir=args.data_dir)
+    mean, std = NORMALIZATION[args.dataset]
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {device} ({device_name}); torch {torch.__version__}, torchvision "
+          f"{torchvision.__version__}; {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads")
+    print(f"data: {data.source} ({len(data.train)} training images); batch size {args.batch_size}; "
+          f"DataLoader workers {args.workers}; Mixup alpha {args.mixup_alpha}; "
+          f"channels_last {args.channels_last}; best of {args.repeats} runs")
+    print(f"host-device syncs in DeviceLoader iteration: {check_no_sync(data.train, args.batch_size, device)}")
+    header = (f"{'size':>5} | {'cpu path, RandAugment ' + format(args.randaug, 'g'):>26} | "
+              f"{'cpu path, no RandAugment':>24} | {'device path':>12}   (images/s)")
+    print(header)
+    print("-" * len(header))
+    for size in args.sizes:
+        # best of N: throughput is only ever lowered by whatever else the machine is doing.
+        # The device path goes first, so DataLoader workers winding down do not share its CPU.
+        on_device = max(device_path_rate(data.train, size, args.mixup_alpha, args.batch_size,
+                                         args.device_images, device, mean, std, args.channels_last)
+                        for _ in range(args.repeats))
+        cpu_ra, cpu_plain = (max(cpu_path_rate(data.train, size, randaug, args.mixup_alpha,
+                                               args.batch_size, args.workers, args.cpu_images,
+                                               device, mean, std) for _ in range(args.repeats))
+                             for randaug in (args.randaug, 0.0))
+        print(f"{size:>5} | {cpu_ra:>26,.0f} | {cpu_plain:>24,.0f} | {on_device:>12,.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Per-stage regularization: RandAugment mapping, transforms, Mixup, dropout, DeviceLoader."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms import v2
+
+from effv2_lib.augment import (DeviceLoader, PaperRandAugment, denormalize, eval_transform,
+                               mixup_batch, randaug_to_torchvision, set_dropout, train_transform)
+from effv2_lib.data import CIFAR10_MEAN, CIFAR10_STD, CifarSplit, load_cifar
+
+SIZES = (16, 24, 32)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return load_cifar(prefer_sample=True)
+
+
+@pytest.fixture(scope="module")
+def images(sample):
+    return sample.train.images[:16]                      # uint8 [16, 3, 32, 32], real photos
+
+
+def normalized(images_uint8):
+    mean = torch.tensor(CIFAR10_MEAN).view(3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(3, 1, 1)
+    return (images_uint8.float() / 255 - mean) / std
+
+
+# --- RandAugment magnitude mapping ------------------------------------------------------------
+
+@pytest.mark.parametrize("m_paper, bin_", [(0, 0), (1, 3), (5, 15), (8 + 1 / 3, 25), (10, 30),
+                                           (11 + 2 / 3, 35), (15, 45), (25, 75), (30, 90)])
+def test_paper_magnitude_maps_to_three_bins_per_level(m_paper, bin_):
+    assert randaug_to_torchvision(m_paper) == bin_
+
+
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (30.5, ValueError), (float("nan"), ValueError),
+                                        ("5", TypeError), (True, TypeError)])
+def test_magnitude_outside_the_scale_is_rejected(bad, error):
+    with pytest.raises(error, match="randaug_magnitude"):
+        randaug_to_torchvision(bad)
+
+
+@pytest.mark.parametrize("size", [24, 32])
+def test_magnitude_table_equals_torchvision_up_to_level_10(size):
+    ours, theirs = PaperRandAugment._AUGMENTATION_SPACE, v2.RandAugment._AUGMENTATION_SPACE
+    assert ours.keys() == theirs.keys()
+    for op, (their_range, signed) in theirs.items():
+        expected = their_range(31, size, size)
+        got = ours[op][0](91, size, size)
+        assert ours[op][1] == signed
+        if expected is None:
+            assert got is None
+        else:
+            assert torch.allclose(got[:31].double(), expected.double(), atol=1e-6), op
+
+
+def test_levels_above_10_continue_linearly_and_stay_valid():
+    space = PaperRandAugment._AUGMENTATION_SPACE
+    level_15 = {op: fn(91, 32, 32)[45] for op, (fn, _) in space.items() if fn(91, 32, 32) is not None}
+    assert float(level_15["Rotate"]) == pytest.approx(45.0)          # 3 degrees per level, as TF
+    assert float(level_15["ShearX"]) == pytest.approx(0.45)          # 0.03 per level, as TF
+    assert float(level_15["TranslateX"]) == 16.0                     # capped at half the side
+    assert float(level_15["Brightness"]) == pytest.approx(0.99)      # factor 1 - m stays > 0
+    assert int(level_15["Posterize"]) == 2 and float(level_15["Solarize"]) == 0.0
+    assert int(space["Posterize"][0](91, 32, 32)[75]) == 1           # level 25: at least 1 bit
+
+
+@pytest.mark.parametrize("level", [1, 5, 8 + 1 / 3, 10])
+def test_paper_randaugment_is_torchvision_randaugment_up_to_level_10(images, level):
+    for seed in range(len(images)):
+        torch.manual_seed(seed)
+        ours = PaperRandAugment(level)(images[seed])
+        torch.manual_seed(seed)
+        theirs = v2.RandAugment(2, randaug_to_torchvision(level), 31, fill=128)(images[seed])
+        assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("op", sorted(v2.RandAugment._AUGMENTATION_SPACE))
+@pytest.mark.parametrize("size", SIZES)
+def test_every_op_works_at_the_highest_level(images, op, size):
+    only_op = type("OnlyOp", (PaperRandAugment,),
+                   {"_AUGMENTATION_SPACE": {op: PaperRandAugment._AUGMENTATION_SPACE[op]}})
+    image = v2.functional.resize(images[0], [size, size], antialias=True)
+    torch.manual_seed(0)
+    out = only_op(30, num_ops=3)(image)
+    assert out.shape == (3, size, size) and out.dtype == torch.uint8
+
+
+# --- per-sample transforms --------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("magnitude", [0, 10, 15])
+def test_train_transform_shapes_per_stage(images, size, magnitude):
+    torch.manual_seed(0)
+    out = train_transform(size, magnitude)(images[0])
+    assert out.shape == (3, size, size) and out.dtype == torch.float32
+    raw = train_transform(size, magnitude, normalize=False)(images[0])
+    assert raw.shape == (3, size, size) and raw.dtype == torch.uint8
+
+
+def test_train_transform_takes_a_stage(images):
+    stage = SimpleNamespace(image_size=24, randaug_magnitude=15.0, dropout=0.2, mixup_alpha=0.1)
+    transform = train_transform(stage)
+    assert any(isinstance(t, PaperRandAugment) and t.level == 15.0 for t in transform.transforms)
+    assert transform(images[0]).shape == (3, 24, 24)
+    override = train_transform(stage, randaug_magnitude=0)
+    assert not any(isinstance(t, v2.RandAugment) for t in override.transforms)
+
+
+def test_train_transform_takes_a_real_schedule_stage(images):
+    from effv2_lib.schedule import ProgressiveSchedule
+    for stage in ProgressiveSchedule.from_preset("cifar10").stages:
+        assert train_transform(stage)(images[0]).shape == (3, stage.image_size, stage.image_size)
+
+
+def test_magnitude_zero_is_exactly_no_randaugment(images):
+    with_zero = train_transform(32, 0)
+    assert not any(isinstance(t, v2.RandAugment) for t in with_zero.transforms)
+    reference = v2.Compose([v2.RandomCrop(32, padding=4, padding_mode="reflect"), v2.RandomHorizontalFlip(),
+                            v2.ToDtype(torch.float32, scale=True), v2.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
+    for seed in range(8):
+        torch.manual_seed(seed)
+        ours = with_zero(images[seed])
+        torch.manual_seed(seed)
+        assert torch.equal(ours, reference(images[seed]))
+    # why RandAugment is left out rather than run at magnitude 0: torchvision's still changes images
+    changed = 0
+    for seed in range(16):
+        torch.manual_seed(seed)
+        changed += not torch.equal(v2.RandAugment(2, 0, 31)(images[seed]), images[seed])
+    assert changed > 0
+
+
+def test_train_transform_is_deterministic_under_a_seed(images):
+    transform = train_transform(24, 10)
+    outputs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        outputs.append(torch.stack([transform(image) for image in images]))
+    assert torch.equal(outputs[0], outputs[1])
+    assert not torch.equal(outputs[0], outputs[2])
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_eval_transform_only_resizes_and_normalizes(images, size):
+    out = eval_transform(size)(images[0])
+    assert out.shape == (3, size, size)
+    assert torch.equal(out, eval_transform(size)(images[0]))
+    if size == 32:
+        assert torch.allclose(out, normalized(images[0]), atol=1e-6)
+    assert torch.allclose(denormalize(eval_transform(32)(images[0])), images[0] / 255, atol=1e-6)
+
+
+def test_transform_arguments_are_validated():
+    with pytest.raises(ValueError, match="image_size"):
+        train_transform(4)
+    with pytest.raises(TypeError, match="image_size"):
+        eval_transform(24.0)
+    with pytest.raises(ValueError, match="randaug_magnitude"):
+        train_transform(32, 31)
+
+
+# --- Mixup ------------------------------------------------------------------------------------
+
+def test_mixup_alpha_zero_is_the_identity(images):
+    batch, labels = normalized(images), torch.arange(16) % 10
+    mixed, targets = mixup_batch(batch, labels, 0.0, 10)
+    assert mixed is batch and targets is labels and targets.dtype == torch.int64
+
+
+def test_mixup_mixes_each_sample_with_the_reversed_batch(images):
+    batch, labels = normalized(images[:8]), torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    mixed, targets = mixup_batch(batch, labels, 0.4, 10, torch.Generator().manual_seed(0))
+    assert targets.shape == (8, 10) and targets.dtype == torch.float32
+    assert torch.allclose(targets.sum(1), torch.ones(8))
+    lam = targets[torch.arange(8), labels]                             # weight of the own label
+    assert bool((lam >= 0.5).all()) and len(torch.unique(lam)) > 1     # per-sample, folded
+    assert torch.allclose(targets[torch.arange(8), labels.flip(0)], 1 - lam)
+    expected = lam.view(8, 1, 1, 1) * batch + (1 - lam.view(8, 1, 1, 1)) * batch.flip(0)
+    assert torch.allclose(mixed, expected, atol=1e-6)
+    logits = torch.randn(8, 10)
+    assert torch.isfinite(F.cross_entropy(logits, targets, label_smoothing=0.1))
+
+
+def test_mixup_is_deterministic_under_a_generator(images):
+    batch, labels = normalized(images), torch.arange(16) % 10
+    runs = [mixup_batch(batch, labels, 0.2, 10, torch.Generator().manual_seed(s)) for s in (3, 3, 4)]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert not torch.equal(runs[0][1], runs[2][1])
+
+
+def test_mixup_alpha_is_validated(images):
+    with pytest.raises(ValueError, match="mixup_alpha"):
+        mixup_batch(normalized(images), torch.zeros(16, dtype=torch.long), -0.1, 10)
+
+
+# --- dropout ----------------------------------------------------------------------------------
+
+def test_set_dropout_sets_every_dropout():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1), nn.Sequential(nn.Dropout(0.2), nn.Linear(4, 2)))
+    assert set_dropout(model, 0.35) == 2
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.35, 0.35]
+
+
+def test_set_dropout_on_the_cifar_model():
+    from effv2_lib.model import efficientnetv2_cifar_tiny
+    model = efficientnetv2_cifar_tiny(num_classes=10)
+    set_dropout(model, 0.25)
+    assert model.classifier[0].p == 0.25
+
+
+@pytest.mark.parametrize("rate, error", [(1.0, ValueError), (-0.1, ValueError), ("0.2", TypeError)])
+def test_set_dropout_validates(rate, error):
+    with pytest.raises(error, match="rate"):
+        set_dropout(nn.Sequential(nn.Dropout(0.1)), rate)
+
+
+def test_set_dropout_needs_a_dropout():
+    with pytest.raises(ValueError, match="no nn.Dropout"):
+        set_dropout(nn.Linear(2, 2), 0.1)
+
+
+# --- DeviceLoader -----------------------------------------------------------------------------
+
+def loader(split, batch_size=32, seed=0, **kwargs):
+    return DeviceLoader(split, batch_size, device="cpu", generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_device_loader_shapes_and_targets_per_stage(sample, size):
+    plain = loader(sample.train, image_size=size)
+    images, labels = next(iter(plain))
+    assert images.shape == (32, 3, size, size) and images.dtype == torch.float32
+    assert labels.shape == (32,) and labels.dtype == torch.int64
+    plain.set_stage(SimpleNamespace(image_size=size, mixup_alpha=0.2))
+    images, targets = next(iter(plain))
+    assert images.shape == (32, 3, size, size)
+    assert targets.shape == (32, 10) and targets.dtype == torch.float32
+    assert torch.allclose(targets.sum(1), torch.ones(32))
+
+
+def test_device_loader_covers_every_index_once_per_epoch():
+    # image i is the constant i, so any crop or flip of it still says which image it was
+    images = torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1).expand(50, 3, 32, 32).contiguous()
+    split = CifarSplit(images, torch.arange(50) % 10, [str(c) for c in range(10)])
+    for drop_last, expected_batches in ((False, 7), (True, 6)):
+        epoch = loader(split, batch_size=8, drop_last=drop_last)
+        assert len(epoch) == expected_batches
+        seen = []
+        for batch, labels in epoch:
+            pixels = denormalize(batch) * 255                      # [B, 3, 32, 32], constant per image
+            seen += pixels.mean((1, 2, 3)).round().long().tolist()
+            assert torch.equal(labels, torch.tensor(seen[-len(labels):]) % 10)
+        assert len(seen) == len(set(seen)) == (50 if not drop_last else 48)
+    eval_order = [int(y) for _, labels in loader(split, batch_size=8, train=False) for y in labels]
+    assert eval_order == (torch.arange(50) % 10).tolist()
+
+
+def test_device_loader_crops_and_flips_each_sample_independently(sample):
+    one = sample.train.images[:1].expand(64, 3, 32, 32).contiguous()     # 64 copies of one photo
+    split = CifarSplit(one, torch.zeros(64, dtype=torch.long), sample.classes)
+    batch, _ = next(iter(loader(split, batch_size=64)))
+    crops = (denormalize(batch) * 255).round().to(torch.uint8)
+    assert len(torch.unique(crops.flatten(1), dim=0)) > 20           # not one crop for the batch
+    # every output is a 32 px window of the reflect-padded photo, mirrored or not
+    padded = F.pad(one[:1].float(), (4, 4, 4, 4), mode="reflect")[0].to(torch.uint8)
+    windows = torch.stack([padded[:, y:y + 32, x:x + 32] for y in range(9) for x in range(9)])
+    plain, mirrored = windows.flatten(1), windows.flip(-1).flatten(1)   # [81, 3*32*32] each
+    is_plain = torch.stack([(plain == crop).all(1).any() for crop in crops.flatten(1)])
+    is_mirrored = torch.stack([(mirrored == crop).all(1).any() for crop in crops.flatten(1)])
+    assert bool((is_plain | is_mirrored).all())
+    assert bool((is_plain & ~is_mirrored).any()) and bool((is_mirrored & ~is_plain).any())  # flips per sample
+
+
+def test_device_loader_eval_mode_matches_eval_transform(sample):
+    batch, labels = next(iter(loader(sample.test, batch_size=16, train=False, mixup_alpha=0.5)))
+    expected = torch.stack([eval_transform(32)(image) for image in sample.test.images[:16]])
+    assert torch.allclose(batch, expected, atol=1e-5)
+    assert torch.equal(labels, sample.test.labels[:16])
+    small, _ = next(iter(loader(sample.test, batch_size=16, train=False, image_size=16)))
+    expected_small = F.interpolate(expected, size=(16, 16), mode="bilinear", antialias=True)
+    assert torch.allclose(small, expected_small, atol=1e-5)
+
+
+def test_device_loader_is_deterministic_under_a_generator(sample):
+    def epoch(seed):
+        return [batch for batch, _ in loader(sample.train, batch_size=500, seed=seed, mixup_alpha=0.2)]
+    first, again, other = epoch(1), epoch(1), epoch(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], other[0])
+    torch.manual_seed(5)
+    a = next(iter(DeviceLoader(sample.train, 8, device="cpu")))[0]
+    torch.manual_seed(5)
+    assert torch.equal(a, next(iter(DeviceLoader(sample.train, 8, device="cpu")))[0])
+
+
+def test_device_loader_channels_last_and_validation(sample):
+    batch, _ = next(iter(loader(sample.train, channels_last=True, image_size=24)))
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="batch_size"):
+        loader(sample.train, batch_size=0)
+    with pytest.raises(ValueError, match="image_size"):
+        loader(sample.train, image_size=4)
+    with pytest.raises(ValueError, match="mixup_alpha"):
+        loader(sample.train).set_stage(32, -1.0)
