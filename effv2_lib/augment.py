@@ -9,8 +9,10 @@ this module turns them into
   RandAugment at the stage magnitude, normalization), and `eval_transform(size)`;
 * `mixup_batch(images, labels, alpha, ...)`, Mixup on a batch at the stage alpha;
 * `set_dropout(model, rate)`, the head dropout at the stage rate;
+* `batched_rand_augment(images, level, ...)`, RandAugment on a batch on its device with each
+  image's own ops (torchvision's RandAugment gives a whole batch the same ops);
 * `DeviceLoader`, the GPU-resident path: the whole uint8 data set on the device, crop, flip,
-  resize, normalization and Mixup done batched there, with per-sample randomness.
+  resize, RandAugment, normalization and Mixup done batched there, with per-sample randomness.
 
 RandAugment magnitude, paper scale -> torchvision
 -------------------------------------------------
@@ -34,9 +36,9 @@ and translation stops at half the image side. None of the caps binds at level <=
 ``num_magnitude_bins=31`` (the tests check this pixel for pixel). Clipping at 10 was the
 alternative; it would make the paper's last two stages identical.
 
-Magnitude 0 is an exact no-op: `train_transform` then leaves RandAugment out, because
-torchvision's RandAugment at magnitude 0 still applies the magnitude-free ops (AutoContrast,
-Equalize).
+Magnitude 0 is an exact no-op: `train_transform` then leaves RandAugment out (and
+`batched_rand_augment` returns its input), because torchvision's RandAugment at magnitude 0
+still applies the magnitude-free ops (AutoContrast, Equalize).
 
 Mixup: per-sample lambdas, as the official code
 -----------------------------------------------
@@ -51,21 +53,29 @@ targets stay int64 labels.
 
 CPU path and GPU path
 ---------------------
-RandAugment runs per sample on the CPU (DataLoader workers); it picks different ops per image,
-which does not batch on a GPU. `DeviceLoader` therefore does crop, flip, resize and Mixup only.
-At CIFAR's 16-32 px the CPU path is the bottleneck long before the model is (the speed records
-keep CIFAR on the GPU for this reason); the price of the device path is no RandAugment, so
-use it for stages with magnitude 0 or when speed matters more than that regularizer.
+Both apply the same steps in the same order: crop and flip at 32 px, resize to the stage size
+(uint8), RandAugment at the stage magnitude (uint8, at the stage size), scale and normalize,
+Mixup. On the CPU, `train_transform` runs per image in DataLoader workers and `mixup_batch` on
+the collated batch. At CIFAR's 16-32 px that path is the bottleneck long before the model is
+(the speed records keep CIFAR on the GPU for this reason), so `DeviceLoader` does every step
+batched on the device. RandAugment is the one step that does not batch directly, since every
+image draws its own ops: `batched_rand_augment` draws them per image, then applies each op to
+the group of images that drew it (the same op table as `PaperRandAugment`), so the stage
+magnitude of adaptive regularization (Section 4.2) holds on either path. Its price is host
+work and, on CUDA, host-device syncs (see its docstring); ``python -m effv2_lib.bench_data``
+shows both paths with and without RandAugment.
 """
 
 import math
 import numbers
+from itertools import accumulate
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from .data import CIFAR10_MEAN, CIFAR10_STD
 
@@ -168,6 +178,134 @@ class PaperRandAugment(v2.RandAugment):
                          num_magnitude_bins=BINS_PER_LEVEL * MAX_PAPER_LEVEL + 1,
                          interpolation=interpolation, fill=fill)
         self.level = float(level)
+
+
+# --- RandAugment batched on the device -------------------------------------------------------
+
+# How torchvision's RandAugment applies each op at a signed magnitude m to a uint8 tensor, written
+# out with the public functional API so that it runs on a batch [B, C, H, W] (v2.RandAugment
+# itself would give the whole batch one op). The test suite checks each entry pixel for pixel
+# against PaperRandAugment applied per image.
+RANDAUG_OPS = {
+    "Identity": lambda x, m, fill, mode: x,
+    # TF shears by the matrix entry m; torchvision takes the shear angle, atan(m) in degrees
+    "ShearX": lambda x, m, fill, mode: TF.affine(
+        x, angle=0.0, translate=[0, 0], scale=1.0, shear=[math.degrees(math.atan(m)), 0.0],
+        interpolation=mode, fill=fill, center=[0, 0]),
+    "ShearY": lambda x, m, fill, mode: TF.affine(
+        x, angle=0.0, translate=[0, 0], scale=1.0, shear=[0.0, math.degrees(math.atan(m))],
+        interpolation=mode, fill=fill, center=[0, 0]),
+    "TranslateX": lambda x, m, fill, mode: TF.affine(
+        x, angle=0.0, translate=[int(m), 0], scale=1.0, shear=[0.0, 0.0], interpolation=mode, fill=fill),
+    "TranslateY": lambda x, m, fill, mode: TF.affine(
+        x, angle=0.0, translate=[0, int(m)], scale=1.0, shear=[0.0, 0.0], interpolation=mode, fill=fill),
+    "Rotate": lambda x, m, fill, mode: TF.rotate(x, angle=m, interpolation=mode, fill=fill),
+    "Brightness": lambda x, m, fill, mode: TF.adjust_brightness(x, 1.0 + m),
+    "Color": lambda x, m, fill, mode: TF.adjust_saturation(x, 1.0 + m),
+    "Contrast": lambda x, m, fill, mode: TF.adjust_contrast(x, 1.0 + m),
+    "Sharpness": lambda x, m, fill, mode: TF.adjust_sharpness(x, 1.0 + m),
+    "Posterize": lambda x, m, fill, mode: TF.posterize(x, bits=int(m)),
+    "Solarize": lambda x, m, fill, mode: TF.solarize(x, threshold=255 * m),   # m: fraction of uint8 max
+    "AutoContrast": lambda x, m, fill, mode: TF.autocontrast(x),
+    "Equalize": lambda x, m, fill, mode: TF.equalize(x),
+}
+
+
+def randaug_op_table(level: float, height: int, width: int) -> list:
+    """The ops `PaperRandAugment` draws from at `level` for H x W images: [(op, magnitude, signed)].
+
+    Read from ``PaperRandAugment._AUGMENTATION_SPACE`` at call time, in its order, so the CPU
+    and device paths share one table (same ops, level mapping and caps). Magnitude-free ops
+    (Identity, AutoContrast, Equalize) get 0.
+    """
+    bin_ = randaug_to_torchvision(level)
+    table = []
+    for op, (magnitudes_fn, signed) in PaperRandAugment._AUGMENTATION_SPACE.items():
+        if op not in RANDAUG_OPS:
+            raise ValueError(f"RandAugment op {op!r} has no batched version; known: {sorted(RANDAUG_OPS)}")
+        magnitudes = magnitudes_fn(BINS_PER_LEVEL * MAX_PAPER_LEVEL + 1, height, width)
+        table.append((op, 0.0 if magnitudes is None else float(magnitudes[bin_]), signed))
+    return table
+
+
+def draw_randaug_groups(batch: int, num_ops: int, num_choices: int, device=None,
+                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Per sample and op slot, an op k uniform in [0, num_choices) and a sign; int64 [num_ops, B].
+
+    The value is the (op, sign) group 2k + s, s = 1 for a negated magnitude (probability 1/2,
+    as in torchvision's RandAugment; unsigned ops ignore s). Draws on `device`, no host sync.
+    """
+    op_index = torch.randint(num_choices, (num_ops, batch), device=device, generator=generator)
+    negative = torch.rand((num_ops, batch), device=device, generator=generator) < 0.5
+    return 2 * op_index + negative
+
+
+def batched_rand_augment(images: torch.Tensor, level: float, num_ops: int = 2,
+                         generator: Optional[torch.Generator] = None, *, fill=RANDAUG_FILL,
+                         interpolation=v2.InterpolationMode.NEAREST) -> torch.Tensor:
+    """RandAugment with its own ops and signs per image, batched on the images' device.
+
+    The per-sample semantics of `PaperRandAugment` (the CPU path): for each of `num_ops` slots,
+    every image draws one op uniformly from the same table (`randaug_op_table`: same ops,
+    magnitude mapping and caps) and, for signed ops, a sign; the magnitude is the table's at
+    `level`. The batch is then processed by (op, sign) group: for each slot, the images are
+    sorted by group, and each non-empty group is gathered (``index_select``), transformed with
+    the torchvision functional op at its magnitude (`RANDAUG_OPS`) and scattered back
+    (``index_copy_``). Same fill and nearest interpolation as the CPU path.
+
+    Why groups, not masks: applying every (op, sign) pair to the whole batch and keeping each
+    image's own result with ``torch.where`` needs no sync of its own but does 22x the op work
+    per slot (23 groups, one of them Identity). Grouping needs the group sizes on the host: one
+    sync per batch (a single ``.tolist()`` of all slots' counts, not a ``nonzero`` per group).
+    And the masked design would not be sync-free on CUDA anyway: torchvision's affine and
+    rotate build their matrix, grid scale and fill tensors from Python lists
+    (``torch.tensor(..., device=...)``, a blocking copy that waits for the stream: 3 per call)
+    and adjust_sharpness its kernel (1), so a batch with 2 ops makes 64 such copies when all
+    groups are present, the masked version always. Grouping therefore adds 1 sync to 64 and
+    saves 21/22 of the op work. On a GPU at CIFAR sizes both should be bound by the same host
+    work (~44 op calls per batch) and cost about the same (reasoned: not yet timed on a GPU);
+    on the CPU grouping wins outright: on 2 CPU cores (shared, so noisy), batch 512, level 5, at 16 / 24 / 32 px the
+    quietest run gave grouped 19 / 26 / 32 ms and masked 143 / 397 / 726 ms per batch, and
+    every run had masked 4-23x slower (``python -m effv2_lib.bench_data --device cpu`` prints
+    this comparison; on CUDA it also counts the syncs per batch).
+
+    Args:
+        images: uint8 [B, C, H, W] on any device (C = 1 or 3).
+        level: magnitude on the paper's scale, 0 to 30. 0 returns `images` itself: an exact
+            no-op (torchvision's magnitude 0 would still AutoContrast and Equalize).
+        num_ops: ops per image, applied in sequence (N of RandAugment); 0 is a no-op.
+        generator: a torch.Generator on the images' device, for reproducible choices.
+        fill, interpolation: as `PaperRandAugment` (grey 128, nearest).
+
+    Returns:
+        uint8 [B, C, H, W], a new tensor unless nothing was to be done.
+    """
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+        raise TypeError(f"images must be a uint8 tensor [B, C, H, W], got "
+                        f"{getattr(images, 'dtype', type(images).__name__)}")
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be uint8 [B, C, H, W] with C = 1 or 3, got {list(images.shape)}")
+    num_ops = _check_int("num_ops", num_ops, 0)
+    table = randaug_op_table(level, *images.shape[-2:])              # validates `level`
+    batch = len(images)
+    if level == 0 or num_ops == 0 or batch == 0:
+        return images
+    groups = draw_randaug_groups(batch, num_ops, len(table), images.device, generator)   # [N_ops, B]
+    order = groups.argsort(dim=1, stable=True)                       # [N_ops, B], sorted by group
+    counts = torch.zeros(num_ops, 2 * len(table), dtype=torch.long, device=images.device)
+    counts.scatter_add_(1, groups, torch.ones_like(groups))          # [N_ops, 2K] images per group
+    edges = [[0, *accumulate(row)] for row in counts.tolist()]       # the one host sync per batch
+    out = images.clone()
+    for slot in range(num_ops):
+        for k, (op, magnitude, signed) in enumerate(table):          # group g: order[slot, e[g]:e[g + 1]]
+            plus, minus, end = edges[slot][2 * k], edges[slot][2 * k + 1], edges[slot][2 * k + 2]
+            runs = [(magnitude, plus, minus), (-magnitude, minus, end)] if signed else [(magnitude, plus, end)]
+            for signed_magnitude, begin, stop in runs:
+                if op != "Identity" and stop > begin:
+                    index = order[slot, begin:stop]                  # [G], the images of this group
+                    chosen = out.index_select(0, index)              # uint8 [G, C, H, W]
+                    out.index_copy_(0, index, RANDAUG_OPS[op](chosen, signed_magnitude, fill, interpolation))
+    return out
 
 
 # --- per-sample CPU transforms ----------------------------------------------------------------
@@ -282,20 +420,27 @@ class DeviceLoader:
     The uint8 images [N, 3, 32, 32] move to `device` once. Each epoch draws a permutation;
     each batch gathers its images with a per-sample random crop (a `padding`-px window shift
     with reflected borders, so no black frame, which at 16 px would be an eighth of the image)
-    and a per-sample horizontal flip in a single indexing operation, converts to float,
-    resizes to the stage size (bilinear, antialiased when shrinking), normalizes and applies
-    `mixup_batch` at the stage alpha. All randomness comes from `generator` on the device and
-    nothing reads a device value back to the host, so iteration does not synchronize.
-    RandAugment is not done here (see the module docstring).
+    and a per-sample horizontal flip in a single indexing operation, resizes them to the stage
+    size (uint8, bilinear, antialiased when shrinking, as `train_transform`), applies
+    `batched_rand_augment` at the stage magnitude (per-sample ops), converts to float,
+    normalizes and applies `mixup_batch` at the stage alpha: the order of `train_transform`.
+    All randomness comes from `generator` on the device. At RandAugment magnitude 0 nothing
+    reads a device value back to the host, so iteration does not synchronize; with RandAugment
+    on CUDA, grouping the batch by op costs one sync per batch and torchvision's geometric ops
+    add their own (see `batched_rand_augment`).
 
     Args:
         split: a CifarSplit, or anything with ``.images`` uint8 [N, 3, 32, 32], ``.labels`` [N]
             and ``.classes``.
         batch_size: images per batch.
         device: where the data and the batches live (default: CUDA if available, else CPU).
-        image_size: stage size S in px, or a schedule Stage (then also its mixup alpha).
+        image_size: stage size S in px, or a schedule Stage (then also its Mixup alpha and
+            RandAugment magnitude, unless given).
         mixup_alpha: stage Mixup alpha; 0 yields int64 labels, > 0 float soft labels [B, K].
-        train: False gives an evaluation loader: no shuffle, crop, flip or Mixup.
+        randaug_magnitude: stage RandAugment level on the paper's scale (0 to 30); 0, the
+            default without a Stage, leaves RandAugment out.
+        randaug_num_ops: ops per image (N of RandAugment).
+        train: False gives an evaluation loader: no shuffle, crop, flip, RandAugment or Mixup.
         shuffle, drop_last: default to `train`.
         padding: crop padding in px at 32 px (0: no crop).
         mean, std: per-channel normalization.
@@ -310,8 +455,10 @@ class DeviceLoader:
                  shuffle: Optional[bool] = None, drop_last: Optional[bool] = None,
                  padding: int = DEFAULT_PADDING, mean=CIFAR10_MEAN, std=CIFAR10_STD,
                  channels_last: bool = False, dtype: torch.dtype = torch.float32,
-                 generator: Optional[torch.Generator] = None) -> None:
+                 generator: Optional[torch.Generator] = None,
+                 randaug_magnitude: Optional[float] = None, randaug_num_ops: int = 2) -> None:
         batch_size = _check_int("batch_size", batch_size, 1)
+        self.randaug_num_ops = _check_int("randaug_num_ops", randaug_num_ops, 0)
         if _check_int("padding", padding, 0) >= CIFAR_SIZE:
             raise ValueError(f"padding must be < {CIFAR_SIZE} px, got {padding!r}")
         images = split.images
@@ -340,18 +487,30 @@ class DeviceLoader:
         mean = torch.tensor(mean, device=self.device, dtype=dtype).view(1, 3, 1, 1)
         std = torch.tensor(std, device=self.device, dtype=dtype).view(1, 3, 1, 1)
         self.scale, self.shift = 1 / (255 * std), -mean / std
-        self.image_size, self.mixup_alpha = CIFAR_SIZE, 0.0
-        self.set_stage(image_size, mixup_alpha)
+        self.image_size, self.mixup_alpha, self.randaug_magnitude = CIFAR_SIZE, 0.0, 0.0
+        self.set_stage(image_size, mixup_alpha, randaug_magnitude)
 
-    def set_stage(self, image_size, mixup_alpha: Optional[float] = None) -> None:
-        """Switch to a stage: its image size and Mixup alpha (a schedule Stage gives both)."""
+    def set_stage(self, image_size, mixup_alpha: Optional[float] = None,
+                  randaug_magnitude: Optional[float] = None) -> None:
+        """Switch to a stage: image size, Mixup alpha and RandAugment magnitude.
+
+        `image_size` may be a schedule Stage, which gives all three (an explicit argument
+        overrides it). With a plain size, an omitted regularizer is 0 (off). Nothing changes
+        when an argument is rejected.
+        """
         if hasattr(image_size, "image_size"):
             stage = image_size
             image_size = stage.image_size
             if mixup_alpha is None:
                 mixup_alpha = stage.mixup_alpha
-        self.image_size = _check_image_size(image_size)
-        self.mixup_alpha = _check_alpha(0.0 if mixup_alpha is None else mixup_alpha)
+            if randaug_magnitude is None:        # a stage-like object without one: RandAugment off
+                randaug_magnitude = getattr(stage, "randaug_magnitude", None)
+        image_size = _check_image_size(image_size)
+        mixup_alpha = _check_alpha(0.0 if mixup_alpha is None else mixup_alpha)
+        randaug_magnitude = 0.0 if randaug_magnitude is None else randaug_magnitude
+        randaug_to_torchvision(randaug_magnitude)                     # validates the range
+        self.image_size, self.mixup_alpha = image_size, mixup_alpha
+        self.randaug_magnitude = float(randaug_magnitude)
 
     def __len__(self) -> int:
         n, b = len(self.labels), self.batch_size
@@ -367,10 +526,11 @@ class DeviceLoader:
 
     def _batch(self, index: torch.Tensor):
         images = self._crop_and_flip(index)                              # uint8 [B, 3, 32, 32]
-        images = images.to(self.dtype) * self.scale + self.shift           # normalized [B, 3, 32, 32]
-        if self.image_size != CIFAR_SIZE:
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False, antialias=self.image_size < CIFAR_SIZE)
+        if self.image_size != CIFAR_SIZE:                                  # uint8 [B, 3, S, S]
+            images = TF.resize(images, [self.image_size, self.image_size], antialias=True)
+        if self.train:                                                     # per-sample ops at S, as on the CPU
+            images = batched_rand_augment(images, self.randaug_magnitude, self.randaug_num_ops, self.generator)
+        images = images.to(self.dtype) * self.scale + self.shift           # normalized [B, 3, S, S]
         labels = self.labels[index]                                        # int64 [B]
         if self.train:
             images, labels = mixup_batch(images, labels, self.mixup_alpha, self.num_classes, self.generator)

@@ -1,4 +1,5 @@
-"""Per-stage regularization: RandAugment mapping, transforms, Mixup, dropout, DeviceLoader."""
+"""Per-stage regularization: RandAugment mapping, transforms, batched RandAugment, Mixup, dropout,
+DeviceLoader."""
 
 from types import SimpleNamespace
 
@@ -8,8 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
-from effv2_lib.augment import (DeviceLoader, PaperRandAugment, denormalize, eval_transform,
-                               mixup_batch, randaug_to_torchvision, set_dropout, train_transform)
+from effv2_lib import augment
+from effv2_lib.augment import (DeviceLoader, PaperRandAugment, batched_rand_augment, denormalize,
+                               eval_transform, mixup_batch, randaug_op_table, randaug_to_torchvision,
+                               set_dropout, train_transform)
 from effv2_lib.data import CIFAR10_MEAN, CIFAR10_STD, CifarSplit, load_cifar
 
 SIZES = (16, 24, 32)
@@ -90,6 +93,86 @@ def test_every_op_works_at_the_highest_level(images, op, size):
     torch.manual_seed(0)
     out = only_op(30, num_ops=3)(image)
     assert out.shape == (3, size, size) and out.dtype == torch.uint8
+
+
+# --- batched RandAugment (device path) -------------------------------------------------------
+
+def seeded(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def batch24(images):
+    return v2.functional.resize(images, [24, 24], antialias=True)      # uint8 [16, 3, 24, 24]
+
+
+def test_batched_rand_augment_at_magnitude_zero_is_the_identity(images):
+    generator = seeded()
+    assert batched_rand_augment(images, 0, 2, generator) is images
+    assert batched_rand_augment(images, 10, 0, generator) is images
+    assert torch.equal(generator.get_state(), seeded().get_state())    # drew nothing
+
+
+@pytest.mark.parametrize("op", sorted(v2.RandAugment._AUGMENTATION_SPACE))
+def test_each_batched_op_equals_paper_randaugment_per_image(batch24, monkeypatch, op):
+    # the space narrowed to one op: every image gets it, with its own sign when signed
+    magnitudes_fn, signed = PaperRandAugment._AUGMENTATION_SPACE[op]
+    monkeypatch.setattr(PaperRandAugment, "_AUGMENTATION_SPACE", {op: (magnitudes_fn, signed)})
+    out = batched_rand_augment(batch24, 15, 1, seeded())
+
+    def per_image(sign):        # the CPU path with the sign fixed: the table negated, unsigned
+        fixed = lambda *args: None if magnitudes_fn(*args) is None else sign * magnitudes_fn(*args)  # noqa: E731
+        reference = type("Fixed", (PaperRandAugment,), {"_AUGMENTATION_SPACE": {op: (fixed, False)}})(15, 1)
+        return torch.stack([reference(image) for image in batch24])
+
+    plus = (out == per_image(1)).flatten(1).all(1)                     # [16] bool
+    minus = (out == per_image(-1)).flatten(1).all(1) if signed else plus
+    assert bool((plus | minus).all()), op
+    if signed:
+        assert bool((plus & ~minus).any()) and bool((minus & ~plus).any()), op
+
+
+def test_batched_rand_augment_picks_ops_per_sample(images):
+    copies = images[:1].expand(64, 3, 32, 32).contiguous()              # 64 copies of one photo
+    out = batched_rand_augment(copies, 10, 2, seeded())
+    assert len(torch.unique(out.flatten(1), dim=0)) > 40
+    # what it fixes: torchvision's RandAugment on a batch gives every image the same ops
+    torch.manual_seed(0)
+    same = v2.RandAugment(2, 30, 31, fill=128)(copies)
+    assert len(torch.unique(same.flatten(1), dim=0)) == 1
+
+
+def test_batched_rand_augment_is_deterministic_under_a_generator(batch24):
+    runs = [batched_rand_augment(batch24, 8, 2, seeded(s)) for s in (1, 1, 2)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+@pytest.mark.parametrize("shape", [(8, 3, 16, 16), (5, 3, 24, 24), (4, 1, 32, 32), (0, 3, 32, 32)])
+def test_batched_rand_augment_keeps_dtype_shape_and_input(shape):
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=seeded())
+    before = images.clone()
+    out = batched_rand_augment(images, 25, 3, seeded())
+    assert out.shape == shape and out.dtype == torch.uint8
+    assert torch.equal(images, before)                                 # input untouched
+
+
+def test_batched_rand_augment_validates(images):
+    with pytest.raises(TypeError, match="uint8"):
+        batched_rand_augment(images.float(), 5)
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        batched_rand_augment(images[0], 5)
+    with pytest.raises(ValueError, match="randaug_magnitude"):
+        batched_rand_augment(images, 31)
+    with pytest.raises(ValueError, match="num_ops"):
+        batched_rand_augment(images, 5, -1)
+
+
+def test_op_table_is_the_cpu_paths_table():
+    table = randaug_op_table(15, 32, 32)
+    assert [op for op, _, _ in table] == list(PaperRandAugment._AUGMENTATION_SPACE)
+    magnitudes = {op: m for op, m, _ in table}
+    assert magnitudes["Rotate"] == pytest.approx(45.0) and magnitudes["TranslateX"] == 16.0
+    assert magnitudes["Identity"] == 0.0
 
 
 # --- per-sample transforms --------------------------------------------------------------------
@@ -279,13 +362,51 @@ def test_device_loader_crops_and_flips_each_sample_independently(sample):
 
 
 def test_device_loader_eval_mode_matches_eval_transform(sample):
-    batch, labels = next(iter(loader(sample.test, batch_size=16, train=False, mixup_alpha=0.5)))
-    expected = torch.stack([eval_transform(32)(image) for image in sample.test.images[:16]])
-    assert torch.allclose(batch, expected, atol=1e-5)
-    assert torch.equal(labels, sample.test.labels[:16])
-    small, _ = next(iter(loader(sample.test, batch_size=16, train=False, image_size=16)))
-    expected_small = F.interpolate(expected, size=(16, 16), mode="bilinear", antialias=True)
-    assert torch.allclose(small, expected_small, atol=1e-5)
+    for size in (32, 16):
+        batch, labels = next(iter(loader(sample.test, batch_size=16, train=False, image_size=size,
+                                         mixup_alpha=0.5, randaug_magnitude=10)))
+        expected = torch.stack([eval_transform(size)(image) for image in sample.test.images[:16]])
+        assert torch.allclose(batch, expected, atol=1e-5)              # resized in uint8, as on the CPU
+        assert torch.equal(labels, sample.test.labels[:16])
+
+
+def test_device_loader_set_stage_takes_the_stage_randaugment(sample):
+    from effv2_lib.schedule import ProgressiveSchedule
+    stages = ProgressiveSchedule.from_preset("cifar10").stages
+    epoch = loader(sample.train, image_size=stages[0])
+    assert (epoch.image_size, epoch.randaug_magnitude) == (stages[0].image_size, stages[0].randaug_magnitude)
+    epoch.set_stage(stages[-1])
+    assert (epoch.image_size, epoch.mixup_alpha, epoch.randaug_magnitude) == (
+        stages[-1].image_size, stages[-1].mixup_alpha, stages[-1].randaug_magnitude)
+    epoch.set_stage(stages[-1], randaug_magnitude=0)                   # an explicit value wins
+    assert epoch.randaug_magnitude == 0.0 and epoch.mixup_alpha == stages[-1].mixup_alpha
+    epoch.set_stage(24, randaug_magnitude=7.5)
+    assert (epoch.image_size, epoch.mixup_alpha, epoch.randaug_magnitude) == (24, 0.0, 7.5)
+    epoch.set_stage(24)                                                # a plain size: regularizers off
+    assert epoch.randaug_magnitude == 0.0
+    with pytest.raises(ValueError, match="randaug_magnitude"):
+        epoch.set_stage(24, randaug_magnitude=31)
+    assert epoch.randaug_magnitude == 0.0                              # a rejected stage changes nothing
+    with pytest.raises(ValueError, match="randaug_num_ops"):
+        loader(sample.train, randaug_num_ops=-1)
+
+
+def test_device_loader_randaugments_each_sample_at_the_stage_size(sample, monkeypatch):
+    calls = []
+
+    def spy(images, level, num_ops, generator):                        # records, changes nothing
+        calls.append((images.dtype, tuple(images.shape), level, num_ops))
+        return images
+    plain = next(iter(loader(sample.train, image_size=24)))[0]
+    monkeypatch.setattr(augment, "batched_rand_augment", spy)
+    spied = next(iter(loader(sample.train, image_size=24, randaug_magnitude=6, randaug_num_ops=3)))[0]
+    assert calls == [(torch.uint8, (32, 3, 24, 24), 6.0, 3)]           # after resize, before float
+    assert torch.equal(spied, plain)
+    monkeypatch.undo()
+    augmented = next(iter(loader(sample.train, image_size=24, randaug_magnitude=6)))[0]
+    assert augmented.shape == plain.shape and augmented.dtype == plain.dtype
+    changed = (augmented != plain).flatten(1).any(1)                    # same crops, then RandAugment
+    assert int(changed.sum()) > 0.8 * len(changed)
 
 
 def test_device_loader_is_deterministic_under_a_generator(sample):
