@@ -1,0 +1,438 @@
+"""Interactive explorers for the notebooks: progressive schedules and their regularizers.
+
+Tan & Le (2021), "EfficientNetV2: Smaller Models and Faster Training", Section 4. Algorithm 1
+has a handful of knobs (N epochs, M stages, the image sizes S_0 -> S_e and each regularizer's
+range Phi_0 -> Phi_e); moving them and watching the stage table and the curves change is the
+quickest way to see what the rule does.
+
+Each factory returns a small object holding the ipywidgets container to display (``.widget``),
+its controls by name (``.controls``) and the state they drive. The observers run synchronously
+when a control's ``.value`` is set, so the explorers can be tested, and scripted in a notebook,
+without a browser:
+
+    explorer = schedule_explorer("paper-s")
+    explorer.controls["image_size_end"].value = 256
+    explorer.schedule.stages[-1].image_size          # 256
+
+Plots are drawn on a matplotlib Figure that belongs to the explorer (not to pyplot, so nothing
+is shown twice by the inline backend and no figure leaks) and shown as a PNG in an
+``ipywidgets.Image``: this works under any matplotlib backend, Agg included.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import ipywidgets as widgets
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from .augment import MAX_PAPER_LEVEL, PaperRandAugment, mixup_batch
+from .plots import plot_image_grid, plot_schedule
+from .schedule import MAX_RANDAUG, MIN_IMAGE_SIZE, PRESETS, RULES, ProgressiveSchedule
+
+__all__ = ["ScheduleExplorer", "schedule_explorer", "AugmentationExplorer", "augmentation_explorer",
+           "DOM_CLASS_PREFIX"]
+
+DOM_CLASS_PREFIX = "effv2-"  # every explorer part carries the CSS class effv2-<name> (browser tests)
+CUSTOM_NAME = "custom"  # schedule name once the controls no longer match the chosen preset
+MAX_TOTAL_EPOCHS = 500  # slider range; the paper trains 350 epochs
+MAX_STAGES = 10  # the paper uses 4
+MAX_IMAGE_SIZE = 512  # px; V2-XL evaluates at 512
+SIZE_MULTIPLES = (1, 2, 4, 8)  # all divide MIN_IMAGE_SIZE, so every slider position is a multiple
+MAX_DROPOUT = 0.9  # the schedule needs dropout < 1
+MAX_MIXUP_ALPHA = 1.0  # automl-l ends at 0.5; alpha = 1 is already a uniform lambda
+_DESCRIPTION_STYLE = {"description_width": "100px"}
+_SLIDER_LAYOUT = dict(width="400px")
+
+
+def _dom_class(name: str) -> str:
+    return DOM_CLASS_PREFIX + name.replace("_", "-")
+
+
+def _tag(widget: widgets.Widget, name: str) -> widgets.Widget:
+    """Give `widget` the stable CSS class effv2-<name> and return it."""
+    widget.add_class(_dom_class(name))
+    return widget
+
+
+def _png(figure: Figure, dpi: int) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def _check_dpi(dpi: Any) -> int:
+    if isinstance(dpi, bool) or not isinstance(dpi, numbers.Integral) or dpi < 20:
+        raise ValueError(f"dpi must be an int >= 20, got {dpi!r}")
+    return int(dpi)
+
+
+def _error_html(message: str) -> str:
+    return f'<span style="color: #b00020">{html.escape(message)}</span>' if message else ""
+
+
+# ------------------------------------------------------------------------------ schedules
+
+def _schedule_table_html(schedule: ProgressiveSchedule) -> str:
+    """The stage table as HTML, with each stage's cost relative to an epoch at S_e.
+
+    The cost of a training step grows about as S^2 (FLOPs of a convolutional network
+    are proportional to the number of pixels), which is where progressive learning's speed-up
+    comes from: the footer sums it over the schedule.
+    """
+    s_end = schedule.image_size[1]
+    rows = []
+    for stage in schedule.stages:
+        relative_cost = (stage.image_size / s_end) ** 2  # cost of one epoch vs one at S_e
+        cells = (stage.index, f"{stage.start_epoch}&ndash;{stage.end_epoch - 1}", stage.num_epochs,
+                 stage.image_size, f"{stage.dropout:.3f}", f"{stage.randaug_magnitude:.2f}",
+                 f"{stage.mixup_alpha:.3f}", f"{relative_cost:.2f}")
+        rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    header = ("stage <i>i</i>", "epochs", "<i>n</i>", "size <i>S<sub>i</sub></i> (px)",
+              "dropout <i>&gamma;<sub>i</sub></i>", "RandAug <i>&epsilon;<sub>i</sub></i>",
+              "Mixup <i>&alpha;<sub>i</sub></i>", "cost / epoch")
+    total_cost = sum(s.num_epochs * (s.image_size / s_end) ** 2 for s in schedule.stages)
+    title = (f"{html.escape(schedule.name or 'schedule')}: {schedule.total_epochs} epochs in "
+             f"{schedule.num_stages} stage{'s' if schedule.num_stages > 1 else ''} "
+             f"(rule: {schedule.rule})")
+    footer = (f"Compute &asymp; {total_cost / schedule.total_epochs:.0%} of {schedule.total_epochs} "
+              f"epochs at {s_end} px (cost / epoch = (<i>S<sub>i</sub></i> / "
+              f"<i>S<sub>e</sub></i>)&sup2;, relative to an epoch at <i>S<sub>e</sub></i>).")
+    return (
+        '<table style="border-collapse: collapse; text-align: right">'
+        f'<caption style="text-align: left; font-weight: bold">{title}</caption>'
+        "<thead><tr>" + "".join(f'<th style="padding: 0 0.6em">{h}</th>' for h in header)
+        + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        f'<div style="margin-top: 0.3em">{footer}</div>')
+
+
+def _is_preset(schedule: ProgressiveSchedule, preset: str) -> bool:
+    """True when `schedule` is the preset, with any number of epochs N."""
+    try:
+        return schedule == ProgressiveSchedule.from_preset(preset, schedule.total_epochs)
+    except ValueError:  # the preset's M stages do not fit into this N
+        return False
+
+
+class ScheduleExplorer:
+    """Sliders for Algorithm 1's knobs, a presets dropdown, a live stage table and plot.
+
+    Build it with `schedule_explorer`. Attributes:
+
+    * ``widget``: the container to display (``display(explorer.widget)``).
+    * ``controls``: name -> control. ``preset`` (Dropdown of PRESETS), ``rule`` (ToggleButtons,
+      "paper" or "automl"), ``size_multiple`` (Dropdown), ``total_epochs`` (N) and
+      ``num_stages`` (M) IntSliders, ``image_size_start`` (S_0) and ``image_size_end`` (S_e)
+      IntSliders, and the regularizer ranges ``dropout`` (gamma_0, gamma_e), ``randaug``
+      (epsilon_0, epsilon_e) and ``mixup`` (alpha_0, alpha_e), FloatRangeSliders. Each control
+      carries the CSS class ``effv2-<name>`` with "_" written "-" (e.g. effv2-image-size-end).
+    * ``schedule``: the ProgressiveSchedule the controls describe, or the last valid one
+      while they describe none (``error`` then says why). Its name is the preset's while the
+      controls match the preset (with any N, as ``from_preset(name, total_epochs)``), else
+      "custom".
+    * ``table``: HTML widget with the stage table (CSS class effv2-stage-table).
+    * ``plot``: Image widget with `plot_schedule` of the schedule as PNG (effv2-schedule-plot);
+      ``figure`` is the matplotlib Figure behind it.
+    * ``error``: HTML widget, empty while the controls are valid, else the reason they are
+      not (e.g. fewer epochs than stages). Invalid settings never raise.
+
+    Choosing a preset sets every control and redraws once. Sliders report on release
+    (continuous_update=False), so dragging one redraws once, not at every pixel.
+    """
+
+    def __init__(self, preset: str = "paper-s", *, total_epochs: int | None = None,
+                 dpi: int = 80) -> None:
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        # Arguments that make no schedule raise here; only settings made through the controls
+        # are shown as errors instead.
+        initial = ProgressiveSchedule.from_preset(preset, total_epochs)
+        self.dpi = _check_dpi(dpi)
+        slider = dict(continuous_update=False, style=_DESCRIPTION_STYLE, layout=_SLIDER_LAYOUT)
+        self.controls: dict[str, widgets.Widget] = {
+            "preset": widgets.Dropdown(options=list(PRESETS), value=preset, description="preset",
+                                       style=_DESCRIPTION_STYLE),
+            # display flex: the label and the buttons on one line (the default stacks them)
+            "rule": widgets.ToggleButtons(options=list(RULES), description="rule",
+                                          style={"description_width": "50px",
+                                                 "button_width": "80px"},
+                                          layout=dict(display="flex"),
+                                          tooltips=["Algorithm 1 of the paper",
+                                                    "the official code (google/automl)"]),
+            "size_multiple": widgets.Dropdown(options=list(SIZE_MULTIPLES),
+                                              description="sizes in steps of",
+                                              style={"description_width": "initial"},
+                                              layout=dict(width="200px")),
+            "total_epochs": widgets.IntSlider(min=1, max=max(MAX_TOTAL_EPOCHS, initial.total_epochs),
+                                              description="N (epochs)", **slider),
+            "num_stages": widgets.IntSlider(min=1, max=MAX_STAGES, description="M (stages)", **slider),
+            "image_size_start": widgets.IntSlider(min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE,
+                                                  description="S\u2080 (px)", **slider),
+            "image_size_end": widgets.IntSlider(min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE,
+                                                description="S\u2091 (px)", **slider),
+            "dropout": widgets.FloatRangeSlider(min=0.0, max=MAX_DROPOUT, step=0.01,
+                                                description="dropout \u03b3", **slider),
+            "randaug": widgets.FloatRangeSlider(min=0.0, max=MAX_RANDAUG, step=0.5,
+                                                readout_format=".1f", description="RandAug \u03b5",
+                                                **slider),
+            "mixup": widgets.FloatRangeSlider(min=0.0, max=MAX_MIXUP_ALPHA, step=0.01,
+                                              description="Mixup \u03b1", **slider),
+        }
+        for name, control in self.controls.items():
+            _tag(control, name)
+        self.error = _tag(widgets.HTML(), "error")
+        self.table = _tag(widgets.HTML(), "stage-table")
+        self.plot = _tag(widgets.Image(format="png"), "schedule-plot")
+        self.figure = Figure(figsize=(13, 3.0), layout="constrained")
+        self._axes = list(self.figure.subplots(1, 4))
+        self._holding = 0  # > 0 while several controls are set at once (calls may nest)
+        self._schedule: ProgressiveSchedule | None = None
+
+        c = self.controls
+        self.widget = _tag(widgets.VBox([
+            widgets.HBox([c["preset"], c["rule"], c["size_multiple"]]),
+            widgets.HBox([
+                widgets.VBox([c["total_epochs"], c["num_stages"], c["image_size_start"],
+                              c["image_size_end"]]),
+                widgets.VBox([c["dropout"], c["randaug"], c["mixup"]]),
+            ]),
+            self.error, self.table, self.plot,
+        ]), "schedule-explorer")
+
+        self._apply_preset(preset, initial.total_epochs)
+        c["preset"].observe(lambda change: self._apply_preset(change["new"]), names="value")
+        c["size_multiple"].observe(lambda change: self._snap_sizes(change["new"]), names="value")
+        for name, control in c.items():
+            if name not in ("preset", "size_multiple"):
+                control.observe(lambda change: self._update(), names="value")
+
+    @property
+    def schedule(self) -> ProgressiveSchedule:
+        return self._schedule
+
+    def _repr_mimebundle_(self, **kwargs):  # the explorer displays as its widget
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    # -------------------------------------------------------------------- observers
+    def _set_many(self, values: dict[str, Any]) -> None:
+        """Set several controls, then recompute once (not once per control)."""
+        self._holding += 1
+        try:
+            for name, value in values.items():
+                self.controls[name].value = value
+        finally:
+            self._holding -= 1
+        self._update()
+
+    def _apply_preset(self, name: str, total_epochs: int | None = None) -> None:
+        params = PRESETS[name]
+        multiple = params.get("size_multiple", 1)
+        self._set_step(multiple)
+        self._set_many({
+            "rule": params.get("rule", "paper"),
+            "size_multiple": multiple,
+            "total_epochs": params["total_epochs"] if total_epochs is None else total_epochs,
+            "num_stages": params["num_stages"],
+            "image_size_start": params["image_size"][0],
+            "image_size_end": params["image_size"][1],
+            "dropout": params.get("dropout", (0.0, 0.0)),
+            "randaug": params.get("randaug", (0.0, 0.0)),
+            "mixup": params.get("mixup", (0.0, 0.0)),
+        })
+
+    def _set_step(self, multiple: int) -> None:
+        for name in ("image_size_start", "image_size_end"):
+            self.controls[name].step = multiple
+
+    def _snap_sizes(self, multiple: int) -> None:
+        """A new size multiple: slider steps follow it and S_0, S_e move to the nearest multiple."""
+        self._set_step(multiple)
+        self._set_many({name: max(MIN_IMAGE_SIZE, multiple * round(self.controls[name].value / multiple))
+                        for name in ("image_size_start", "image_size_end")})
+
+    def _params(self) -> dict[str, Any]:
+        c = self.controls
+        return dict(total_epochs=c["total_epochs"].value, num_stages=c["num_stages"].value,
+                    image_size=(c["image_size_start"].value, c["image_size_end"].value),
+                    dropout=tuple(c["dropout"].value), randaug=tuple(c["randaug"].value),
+                    mixup=tuple(c["mixup"].value), size_multiple=c["size_multiple"].value,
+                    rule=c["rule"].value)
+
+    def _update(self) -> None:
+        """Rebuild the schedule from the controls; on invalid settings show why and keep the last."""
+        if self._holding:
+            return
+        preset = self.controls["preset"].value
+        try:
+            schedule = ProgressiveSchedule(**self._params(), name=preset)
+        except (TypeError, ValueError) as error:
+            self.error.value = _error_html(
+                f"Not a valid schedule: {error}. Showing the last valid one.")
+            return
+        if not _is_preset(schedule, preset):
+            schedule = ProgressiveSchedule(**self._params(), name=CUSTOM_NAME)
+        self.error.value = ""
+        if schedule == self._schedule:
+            return
+        self._schedule = schedule
+        self.table.value = _schedule_table_html(schedule)
+        for ax in self._axes:
+            ax.clear()
+        plot_schedule(schedule, axes=self._axes)
+        self.plot.value = _png(self.figure, self.dpi)
+
+
+def schedule_explorer(preset: str = "paper-s", *, total_epochs: int | None = None,
+                      dpi: int = 80) -> ScheduleExplorer:
+    """An interactive progressive-learning schedule (Algorithm 1), starting from `preset`.
+
+    preset is a name from effv2_lib.schedule.PRESETS (e.g. "paper-s", "automl-s", "cifar10");
+    total_epochs overrides its N; dpi sets the plot's resolution. In a notebook:
+
+        explorer = schedule_explorer("paper-s")
+        display(explorer.widget)
+
+    See ScheduleExplorer for the controls and state.
+    """
+    return ScheduleExplorer(preset, total_epochs=total_epochs, dpi=dpi)
+
+
+# -------------------------------------------------------------------------- augmentation
+
+def _check_images(images: Any) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a uint8 torch.Tensor [K, 3, H, W], got {type(images).__name__}")
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be uint8 [K, 3, H, W], got {images.dtype} {list(images.shape)}")
+    if not 2 <= len(images) <= 12:
+        raise ValueError(f"images must hold 2 to 12 images (Mixup pairs them up, more do not fit "
+                         f"a row), got {len(images)}")
+    if min(images.shape[-2:]) < MIN_IMAGE_SIZE:
+        raise ValueError(f"images must be at least {MIN_IMAGE_SIZE} px on each side, got "
+                         f"{list(images.shape[-2:])}")
+    return images.cpu()
+
+
+class AugmentationExplorer:
+    """RandAugment magnitude, Mixup alpha and image size applied to a few real images.
+
+    Build it with `augmentation_explorer`. Three rows of the same K images: the originals,
+    after resizing to the stage size and RandAugment at magnitude epsilon (paper scale, via
+    effv2_lib.augment.PaperRandAugment; 0 leaves RandAugment out, as train_transform does),
+    and after Mixup at alpha (effv2_lib.augment.mixup_batch: image i mixed with image K-1-i,
+    one lambda per image), titled with the soft label's two largest parts. A fixed seed
+    (control ``seed``) keeps the ops and lambdas fixed while a slider moves, so what changes
+    is the strength alone.
+
+    Attributes: ``widget`` (to display), ``controls`` (``magnitude``, ``num_ops``,
+    ``mixup_alpha``, ``image_size``, ``seed``; CSS classes effv2-<name>), ``augmented``
+    (uint8 [K, 3, S, S] after RandAugment), ``mixed`` (float [K, 3, S, S] in [0, 1]),
+    ``targets`` (int64 labels [K] when alpha is 0, else soft labels [K, num_classes]),
+    ``plot`` (Image widget, effv2-augmentation-plot) and ``figure``.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: Sequence[int] | torch.Tensor,
+                 classes: Sequence[str] | None = None, *, magnitude: float = 5.0,
+                 mixup_alpha: float = 0.2, num_ops: int = 2, seed: int = 0, dpi: int = 80) -> None:
+        self.images = _check_images(images)  # uint8 [K, 3, H, W]
+        self.labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
+        if self.labels.shape != (len(self.images),):
+            raise ValueError(f"labels must hold one label per image ({len(self.images)}), "
+                             f"got shape {list(self.labels.shape)}")
+        num_classes = len(classes) if classes is not None else int(self.labels.max()) + 1
+        if int(self.labels.min()) < 0 or int(self.labels.max()) >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes}), got "
+                             f"[{int(self.labels.min())}, {int(self.labels.max())}]")
+        self.classes = list(classes) if classes is not None else [str(k) for k in range(num_classes)]
+        self.dpi = _check_dpi(dpi)
+        height = min(self.images.shape[-2:])
+        slider = dict(continuous_update=False, style=_DESCRIPTION_STYLE, layout=_SLIDER_LAYOUT)
+        self.controls: dict[str, widgets.Widget] = {
+            "magnitude": widgets.FloatSlider(value=magnitude, min=0.0, max=float(MAX_PAPER_LEVEL),
+                                             step=0.5, readout_format=".1f",
+                                             description="RandAug \u03b5", **slider),
+            "num_ops": widgets.IntSlider(value=num_ops, min=1, max=4, description="ops / image",
+                                         **slider),
+            "mixup_alpha": widgets.FloatSlider(value=mixup_alpha, min=0.0, max=MAX_MIXUP_ALPHA,
+                                               step=0.05, description="Mixup \u03b1", **slider),
+            "image_size": widgets.IntSlider(value=height, min=MIN_IMAGE_SIZE, max=height,
+                                            description="size (px)", **slider),
+            "seed": widgets.IntSlider(value=seed, min=0, max=99, description="seed", **slider),
+        }
+        for name, control in self.controls.items():
+            _tag(control, name)
+        self.plot = _tag(widgets.Image(format="png"), "augmentation-plot")
+        k = len(self.images)
+        self.figure = Figure(figsize=(1.4 * k + 1.8, 4.6), layout="constrained")
+        self._axes = self.figure.subplots(3, k, squeeze=False)
+        self.widget = _tag(widgets.VBox([
+            widgets.HBox([widgets.VBox([self.controls[n] for n in ("magnitude", "num_ops", "seed")]),
+                          widgets.VBox([self.controls[n] for n in ("mixup_alpha", "image_size")])]),
+            self.plot,
+        ]), "augmentation-explorer")
+        self._update()
+        for control in self.controls.values():
+            control.observe(lambda change: self._update(), names="value")
+
+    def _repr_mimebundle_(self, **kwargs):  # the explorer displays as its widget
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _update(self) -> None:
+        c = {name: control.value for name, control in self.controls.items()}
+        size = c["image_size"]
+        images = self.images
+        if size != min(images.shape[-2:]) or images.shape[-2] != images.shape[-1]:
+            images = torch.nn.functional.interpolate(
+                images.float(), size=(size, size), mode="bilinear", antialias=True,
+                align_corners=False).round().clamp(0, 255).to(torch.uint8)  # [K, 3, S, S]
+        with torch.random.fork_rng(devices=[]):  # RandAugment draws from the global generator
+            torch.manual_seed(c["seed"])
+            if c["magnitude"] > 0:
+                augment = PaperRandAugment(c["magnitude"], num_ops=c["num_ops"])
+                images = torch.stack([augment(image) for image in images])
+        self.augmented = images  # uint8 [K, 3, S, S]
+        generator = torch.Generator().manual_seed(c["seed"])
+        self.mixed, self.targets = mixup_batch(images.float() / 255, self.labels, c["mixup_alpha"],
+                                               len(self.classes), generator=generator)
+        randaug_label = (f"RandAugment\n\u03b5 = {c['magnitude']:g}, {c['num_ops']} ops"
+                         if c["magnitude"] > 0 else "no RandAugment\n(\u03b5 = 0)")
+        mixup_label = f"+ Mixup\n\u03b1 = {c['mixup_alpha']:g}" if c["mixup_alpha"] > 0 \
+            else "no Mixup\n(\u03b1 = 0)"
+        for ax in self._axes.flat:
+            ax.clear()
+        plot_image_grid({"original": self.images, f"{size} px,\n{randaug_label}": self.augmented,
+                         mixup_label: self.mixed}, axes=self._axes)
+        for column in range(len(self.images)):
+            self._axes[0, column].set_title(self.classes[int(self.labels[column])], fontsize="small")
+            self._axes[2, column].set_title(self._soft_label(column), fontsize="x-small")
+        self.plot.value = _png(self.figure, self.dpi)
+
+    def _soft_label(self, index: int) -> str:
+        if self.targets.ndim == 1:  # alpha = 0: hard labels
+            return self.classes[int(self.targets[index])]
+        weights = self.targets[index]
+        top = torch.topk(weights, k=min(2, len(weights)))
+        return "\n".join(f"{float(w):.2f} {self.classes[int(i)]}"
+                         for w, i in zip(top.values, top.indices) if float(w) >= 0.005)
+
+
+def augmentation_explorer(images: torch.Tensor, labels: Sequence[int] | torch.Tensor,
+                          classes: Sequence[str] | None = None, *, magnitude: float = 5.0,
+                          mixup_alpha: float = 0.2, num_ops: int = 2, seed: int = 0,
+                          dpi: int = 80) -> AugmentationExplorer:
+    """RandAugment and Mixup on 2 to 12 real images, with sliders (see AugmentationExplorer).
+
+    images: uint8 [K, 3, H, W] (e.g. ``data.train.images[:8]``); labels: [K] class indices;
+    classes: the class names. In a notebook:
+
+        explorer = augmentation_explorer(data.train.images[:8], data.train.labels[:8], data.classes)
+        display(explorer.widget)
+    """
+    return AugmentationExplorer(images, labels, classes, magnitude=magnitude,
+                                mixup_alpha=mixup_alpha, num_ops=num_ops, seed=seed, dpi=dpi)
