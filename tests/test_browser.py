@@ -65,26 +65,11 @@ def _log_tail(path: Path, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
 
 
-def _write_explorer_notebook(path: Path) -> None:
-    import nbformat
-
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
-    notebook.cells = [nbformat.v4.new_markdown_cell("Schedule explorer"),
-                      nbformat.v4.new_code_cell("from effv2_lib.widgets import schedule_explorer\n"
-                                                "explorer = schedule_explorer(\"paper-s\")\n"
-                                                "display(explorer.widget)")]
-    nbformat.write(notebook, path)
-
-
 @pytest.fixture
 def jupyter_lab(tmp_path):
     """A JupyterLab server on a temporary copy of notebooks/, without token; yields its URL."""
     root = tmp_path / "notebooks"
     shutil.copytree(NOTEBOOKS, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    if not (root / NOTEBOOK).is_file():  # until notebook 04 lands: its explorer cell alone
-        _write_explorer_notebook(root / NOTEBOOK)
     home = tmp_path / "jupyter"  # config, runtime and settings of this server only
     env = dict(os.environ, EFFV2_SMOKE="1", JUPYTER_CONFIG_DIR=str(home / "config"),
                JUPYTER_RUNTIME_DIR=str(home / "runtime"), JUPYTER_DATA_DIR=str(home / "data"),

@@ -1,0 +1,338 @@
+"""The trainer on tiny CPU runs: 160 sample images, cifar-tiny, 16-20 px, 3 epochs."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import effv2_lib.train as train_module
+from effv2_lib.checkpoint import RunDirectoryError, load_checkpoint
+from effv2_lib.data import load_cifar, subset
+from effv2_lib.evaluate import evaluate, reestimate_batchnorm
+from effv2_lib.schedule import ProgressiveSchedule
+from effv2_lib.train import (ModelEMA, NonFiniteLossError, TrainConfig, WarmupThenDecay, auto_config,
+                             parameter_groups, resolve_schedule, train)
+
+ROOT = Path(__file__).resolve().parent.parent
+# 3 epochs in 2 stages: epochs 1-2 at 16 px without regularization, epoch 3 at 20 px with
+# dropout 0.1, RandAugment 3 and Mixup 0.2 (soft targets).
+SCHEDULE = ProgressiveSchedule(3, 2, image_size=(16, 20), dropout=(0.0, 0.1), randaug=(0, 3), mixup=(0, 0.2),
+                               size_multiple=4, name="test")
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    data = load_cifar(prefer_sample=True)
+    return replace(data, train=subset(data.train, 16, seed=0), test=subset(data.test, 5, seed=0))
+
+
+def config(**overrides):
+    settings = dict(model="cifar-tiny", schedule=SCHEDULE, batch_size=32, warmup_epochs=0.5, bn_batches=2,
+                    loader="device", device="cpu", seed=0)
+    return TrainConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_data, tmp_path_factory):
+    """An uninterrupted 3-epoch run with EMA: the reference for resuming, and its files."""
+    out = tmp_path_factory.mktemp("straight")
+    records = []
+    result = train(config(out=str(out), ema=True), progress=False, data=tiny_data, on_epoch=records.append)
+    return result, out, records
+
+
+def assert_same_training_state(path_a, path_b):
+    a, b = load_checkpoint(path_a), load_checkpoint(path_b)
+    for key in ("model",):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    if a["ema"] is not None:
+        for name, tensor in a["ema"]["module"].items():
+            assert torch.equal(tensor, b["ema"]["module"][name]), f"ema.{name} differs"
+    for index, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][index]["momentum_buffer"])
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
+    losses = [[r["train_loss"] for r in c["history"]] for c in (a, b)]
+    assert losses[0] == losses[1]
+
+
+def test_records_files_and_plots(straight_run):
+    result, out, records = straight_run
+    assert result.status == "finished"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "confusion_matrix.png", "curves.png",
+                                                    "history.json", "run.json", "summary.json"]
+    history = json.loads((out / "history.json").read_text())
+    assert history == records == result.history
+    # each epoch trained with its stage's settings
+    assert [(r["stage"], r["image_size"], r["dropout"], r["randaug_magnitude"], r["mixup_alpha"])
+            for r in history] == [(0, 16, 0.0, 0.0, 0.0), (0, 16, 0.0, 0.0, 0.0), (1, 20, 0.1, 3.0, 0.2)]
+    assert [r["randaug_applied"] for r in history] == [False, False, True]
+    for key in ("train_loss", "train_acc", "test_acc", "test_acc_raw", "images_per_s", "epoch_time",
+                "wall_time", "lr", "randaug_magnitude"):
+        assert all(math.isfinite(r[key]) for r in history), key
+    assert history[0]["wall_time"] < history[1]["wall_time"] < history[2]["wall_time"]
+    assert history[-1]["lr"] < history[0]["lr"]  # cosine decay
+    assert result.model.classifier[0].p == pytest.approx(0.1)  # dropout of the last stage
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs_done"] == 3
+    assert summary["params"] == sum(p.numel() for p in result.model.parameters())
+    assert summary["hardware"]["device"] == "cpu" and summary["data"]["is_sample"] is True
+    assert summary["schedule"]["num_stages"] == 2 and summary["optimizer"]["ema"] is True
+    bn = summary["bn_reestimation"]
+    assert bn["test_acc_after"] == summary["final_test_acc"]
+    assert bn["test_acc_before"] == history[-1]["test_acc"]
+    assert bn["change"] == pytest.approx(bn["test_acc_after"] - bn["test_acc_before"])
+    assert sum(map(sum, summary["confusion_matrix"])) == summary["test_images"] == 50
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_stopping_and_resuming_reaches_the_same_weights(straight_run, tiny_data, tmp_path):
+    _, straight_out, _ = straight_run
+    out = str(tmp_path / "resumed")
+    first = train(config(out=out, ema=True, stop_after=2), progress=False, data=tiny_data)
+    assert first.status == "stopped" and len(first.history) == 2
+    assert load_checkpoint(Path(out) / "checkpoint.pt")["epoch"] == 2
+    second = train(config(out=out, ema=True, resume=True), progress=False, data=tiny_data)
+    assert second.status == "finished" and [r["epoch"] for r in second.history] == [1, 2, 3]
+    # the resumed run starts a new stage (20 px, Mixup) with restored RNG and data streams
+    assert_same_training_state(straight_out / "checkpoint.pt", Path(out) / "checkpoint.pt")
+
+
+def test_sigint_mid_epoch_saves_and_resume_is_exact(tiny_data, tmp_path):
+    # cpu loader: per-sample RandAugment draws from torch's global generator, interleaved with
+    # dropout and stochastic depth, the hardest case for an exact resume.
+    reference = train(config(out=str(tmp_path / "ref"), loader="cpu"), progress=False, data=tiny_data)
+    assert reference.summary["speed"]["loader"] == "cpu"
+    out = tmp_path / "interrupted"
+
+    def interrupt(epoch, step):
+        if (epoch, step) == (2, 1):
+            # our handler must be installed, or this would stop the test session
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+            signal.raise_signal(signal.SIGINT)
+
+    stopped = train(config(out=str(out), loader="cpu"), progress=False, data=tiny_data, on_step=interrupt)
+    assert stopped.status == "interrupted" and len(stopped.history) == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    saved = load_checkpoint(out / "checkpoint.pt")
+    assert (saved["epoch"], saved["step"]) == (2, 2)  # inside epoch 3, after its second step
+    resumed = train(config(out=str(out), loader="cpu", resume=True), progress=False, data=tiny_data)
+    assert resumed.status == "finished"
+    assert_same_training_state(tmp_path / "ref" / "checkpoint.pt", out / "checkpoint.pt")
+    assert resumed.history[-1]["train_acc"] == reference.history[-1]["train_acc"]
+
+
+def test_ctrl_c_on_the_command_line_saves_and_exits_cleanly(tmp_path):
+    out = tmp_path / "cli"
+    command = [sys.executable, "-m", "effv2_lib.train", "--model", "cifar-tiny", "--sample", "--device", "cpu",
+               "--subset-per-class", "16", "--test-subset-per-class", "5", "--batch-size", "32",
+               "--epochs", "40", "--bn-batches", "2", "--no-progress", "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k not in ("EFFV2_SMOKE", "EFFV2_DATA")}
+    env.update(MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "history.json").exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, process.communicate()[0]
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, output
+    assert "SIGINT received" in output and "checkpoint saved" in output and "Traceback" not in output
+    saved = load_checkpoint(out / "checkpoint.pt")
+    done = saved["epoch"]
+    assert 1 <= done < 40
+    # --resume takes the run's own settings from run.json; --stop-after may differ
+    resumed = subprocess.run([sys.executable, "-m", "effv2_lib.train", "--out", str(out), "--resume",
+                              "--stop-after", str(done + 1), "--no-progress"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming {out} at epoch {done + 1}" in resumed.stdout
+    assert len(json.loads((out / "history.json").read_text())) == done + 1
+
+
+@pytest.mark.parametrize("sync_every", [1, 4])
+def test_non_finite_loss_stops_naming_epoch_and_step(tiny_data, sync_every):
+    # lr 1e30: the first step blows the weights up. With sync_every=4 the loss is read back
+    # only at step 4, yet the message names the first bad step, recorded on the device.
+    with pytest.raises(NonFiniteLossError, match=r"loss is (nan|inf|-inf) at epoch 1/3, step [23]/5"):
+        train(config(lr=1e30, sync_every=sync_every), progress=False, data=tiny_data)
+
+
+def test_bf16_autocast_with_reads_every_few_steps(tiny_data):
+    # the settings of a CUDA run (bf16, channels_last, sync_every > 1), on the CPU
+    one_epoch = replace(SCHEDULE, total_epochs=1, num_stages=1)
+    result = train(config(schedule=one_epoch, bf16=True, channels_last=True, sync_every=3, bn_reestimate=False),
+                   progress=False, data=tiny_data)
+    assert result.summary["speed"]["bf16"] is True and math.isfinite(result.history[0]["train_loss"])
+
+
+def test_a_different_run_is_not_overwritten(tiny_data, tmp_path):
+    out = str(tmp_path / "run")
+    train(config(out=out, stop_after=1), progress=False, data=tiny_data)
+    with pytest.raises(RunDirectoryError, match="already holds"):
+        train(config(out=out, lr=0.01), progress=False, data=tiny_data)
+    with pytest.raises(RunDirectoryError, match="lr: None in the directory, 0.01 now"):
+        train(config(out=out, lr=0.01, resume=True), progress=False, data=tiny_data)
+    replaced = train(config(out=out, lr=0.01, stop_after=1, overwrite=True), progress=False, data=tiny_data)
+    assert replaced.status == "stopped"
+    assert json.loads((Path(out) / "run.json").read_text())["config"]["lr"] == 0.01
+
+
+def test_the_sample_is_refused_when_full_data_is_required(tiny_data):
+    with pytest.raises(FileNotFoundError, match="full cifar10"):
+        train(config(full_data_only=True), progress=False, data=tiny_data)
+
+
+def test_compile_failure_falls_back_to_eager(tiny_data, monkeypatch):
+    def broken_compile(module, **kwargs):
+        def forward(*args):
+            raise RuntimeError("no compiler here")
+        return forward
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    result = train(config(compile=True, schedule=replace(SCHEDULE, total_epochs=2, num_stages=1)), progress=False,
+                   data=tiny_data)
+    assert result.status == "finished"
+    assert "no compiler here" in result.summary["compile_error"]
+    assert result.history[0]["compile_time"] is not None
+
+
+def test_smoke_mode_runs_each_stage_once_on_ten_images_per_class():
+    result = train(TrainConfig(model="cifar-tiny", smoke=True, sample=True, device="cpu", loader="device"),
+                   progress=False)
+    assert [r["image_size"] for r in result.history] == [16, 20, 28, 32]  # the cifar10 preset's stages
+    assert result.summary["data"]["train_images"] == 100
+
+
+def test_rmsprop_with_the_papers_exponential_decay(tiny_data):
+    one_epoch = replace(SCHEDULE, total_epochs=1, num_stages=1)
+    result = train(config(schedule=one_epoch, optimizer="rmsprop", lr_schedule="exponential", bn_reestimate=False),
+                   progress=False, data=tiny_data)
+    settings = result.summary["optimizer"]
+    assert (settings["name"], settings["weight_decay"]) == ("rmsprop", 1e-5)
+    assert settings["lr"] == pytest.approx(0.016 * 32 / 256)  # the paper's 0.256 per 4096, scaled
+    assert math.isfinite(result.history[0]["train_loss"])
+
+
+def test_resolve_schedule_presets_and_fixed_size():
+    progressive = resolve_schedule(TrainConfig(preset="cifar10", epochs=8))
+    assert [s.image_size for s in progressive.stages] == [16, 20, 28, 32]
+    fixed = resolve_schedule(TrainConfig(preset="cifar10", epochs=8, fixed_size=24))
+    assert fixed.num_stages == 1 and fixed.total_epochs == 8
+    last = progressive.stages[-1]
+    assert (fixed.stages[0].image_size, fixed.stages[0].dropout, fixed.stages[0].mixup_alpha) == (
+        24, last.dropout, last.mixup_alpha)
+    with pytest.raises(ValueError, match="disagrees"):
+        resolve_schedule(TrainConfig(schedule=SCHEDULE, epochs=5))
+
+
+@pytest.mark.parametrize("bad, match", [(dict(optimizer="adam"), "optimizer must be one of"),
+                                        (dict(batch_size=0), "batch_size"), (dict(lr=0.0), "lr"),
+                                        (dict(resume=True), "need an output directory"),
+                                        (dict(sample=True, data_dir="x"), "sample=True")])
+def test_config_rejects_bad_values(bad, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**bad)
+
+
+def test_warmup_then_cosine_and_exponential():
+    cosine = WarmupThenDecay(warmup_steps=4, total_steps=20, steps_per_epoch=5)
+    factors = [cosine(t) for t in range(20)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0] and factors[4] == 1.0
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:])) and factors[-1] < 0.01
+    staircase = WarmupThenDecay(0, 100, 10, kind="exponential", decay_rate=0.5, decay_epochs=2)
+    assert [staircase(t) for t in (0, 19, 20, 40)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_no_weight_decay_on_batchnorm_and_biases():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    decay, no_decay = parameter_groups(model, 5e-4)
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[3].weight)}
+    assert len(no_decay["params"]) == 4  # conv bias, BN weight and bias, linear bias
+
+
+def test_ema_warms_up_then_averages():
+    model = nn.BatchNorm1d(1)
+    ema = ModelEMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(11.0)
+        model.num_batches_tracked.fill_(7)
+    ema.update(model)  # decay min(0.5, 1/10) = 0.1: 0.1 * 1 + 0.9 * 11
+    assert ema.module.weight.item() == pytest.approx(10.0)
+    assert ema.module.num_batches_tracked.item() == 7  # integers are copied
+    ema.update(model)  # min(0.5, 2/11)
+    assert ema.module.weight.item() == pytest.approx(10.0 * 2 / 11 + 11.0 * 9 / 11)
+    restored = ModelEMA(model, decay=0.5)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 2 and torch.equal(restored.module.weight, ema.module.weight)
+
+
+def test_evaluate_counts_a_confusion_matrix():
+    class Always(nn.Module):  # predicts class 2 for every image
+        def __init__(self):
+            super().__init__()
+            self.bias = nn.Parameter(torch.tensor([0.0, 0.0, 1.0]))
+
+        def forward(self, x):
+            return self.bias.expand(len(x), 3)
+
+    batches = [(torch.zeros(4, 3, 8, 8), torch.tensor([0, 2, 2, 1])), (torch.zeros(2, 3, 8, 8), torch.tensor([2, 0]))]
+    result = evaluate(Always(), batches, num_classes=3)
+    assert result.accuracy == pytest.approx(3 / 6) and result.num_images == 6
+    assert result.confusion.tolist() == [[0, 0, 2], [0, 0, 1], [0, 0, 3]]
+    with pytest.raises(ValueError, match="class indices"):
+        evaluate(Always(), [(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3))], num_classes=3)
+
+
+def test_reestimate_batchnorm_averages_statistics_with_other_layers_in_eval():
+    model = nn.Sequential(nn.BatchNorm2d(2), nn.Dropout(0.9))
+    model.train()
+    batches = [torch.randn(8, 2, 4, 4) * 3 + 1 for _ in range(3)]
+    assert reestimate_batchnorm(model, batches) == 3
+    bn = model[0]
+    expected_mean = torch.stack([b.mean(dim=(0, 2, 3)) for b in batches]).mean(0)
+    expected_var = torch.stack([b.transpose(0, 1).reshape(2, -1).var(1) for b in batches]).mean(0)
+    assert torch.allclose(bn.running_mean, expected_mean, atol=1e-5)
+    assert torch.allclose(bn.running_var, expected_var, atol=1e-4)
+    assert bn.momentum == 0.1 and model.training and model[1].training  # modes and momentum restored
+    with pytest.raises(ValueError, match="no batch"):
+        reestimate_batchnorm(model, [])
+
+
+def test_auto_config_on_cpu_and_gpu(monkeypatch):
+    monkeypatch.delenv("EFFV2_DATA", raising=False)
+    cpu, text = auto_config("cpu")
+    assert cpu.model == "cifar-tiny" and cpu.device == "cpu" and not cpu.full_data_only
+    assert "CPU classroom run" in text and cpu.out.startswith("runs/auto-cpu-")
+    assert resolve_schedule(cpu).num_stages == 4
+    monkeypatch.setattr(train_module, "pick_device", lambda preference=None: torch.device("cuda"))
+    gpu, text = auto_config(data_dir="/data/cifar10")
+    assert gpu.model == "cifar" and gpu.full_data_only and gpu.data_dir == "/data/cifar10" and not gpu.download
+    assert resolve_schedule(gpu).total_epochs == 40
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_module.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--auto", "--model", "--preset", "--epochs", "--data", "--out", "--fixed-size", "--compile",
+                   "--smoke", "--resume", "--overwrite", "--device", "--batch-size", "--lr", "--optimizer",
+                   "--ema", "--seed", "--subset-per-class", "--loader", "--bn-reestimate", "--stop-after"):
+        assert option in text, option
