@@ -161,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write the result to this JSON file")
     args = parser.parse_args(argv)
 
-    files, settings = _weight_files(args.weights)
+    try:
+        files, settings = _weight_files(args.weights)
+    except FileNotFoundError as exc:
+        parser.error(str(exc))
     model_name = args.model or settings.get("model")
     if not model_name:
         parser.error("--model is needed when no run directory with summary.json is given")

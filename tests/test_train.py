@@ -283,6 +283,27 @@ def test_ema_warms_up_then_averages():
     assert restored.updates == 2 and torch.equal(restored.module.weight, ema.module.weight)
 
 
+def test_saved_weights_evaluate_to_the_reported_accuracy(tiny_data, tmp_path):
+    import numpy as np
+
+    from effv2_lib import evaluate as evaluate_module
+
+    one_epoch = replace(SCHEDULE, total_epochs=1, num_stages=1)
+    result = train(config(schedule=one_epoch, out=str(tmp_path / "run"), save_weights=True), progress=False,
+                   data=tiny_data)
+    assert result.summary["weights"] == ["model.pt"]
+    data_dir = tmp_path / "data"  # the same test images, as a data directory (NHWC uint8)
+    data_dir.mkdir()
+    for split in ("train", "test"):
+        images = getattr(tiny_data, split).images.permute(0, 2, 3, 1).numpy()
+        np.savez(data_dir / f"{split}.npz", x=images, y=getattr(tiny_data, split).labels.numpy())
+    out = tmp_path / "eval.json"
+    assert evaluate_module.main([str(tmp_path / "run"), "--data", str(data_dir), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"] == "cifar-tiny" and report["num_images"] == 50
+    assert report["accuracy"] == result.summary["final_test_acc"]
+
+
 def test_evaluate_counts_a_confusion_matrix():
     class Always(nn.Module):  # predicts class 2 for every image
         def __init__(self):
