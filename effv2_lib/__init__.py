@@ -13,4 +13,25 @@ from .model import (
     efficientnetv2_m,
     efficientnetv2_s,
     efficientnetv2_xl,
+    scale_spec,
 )
+
+__all__ = [
+    "ConvBNAct",
+    "SqueezeExcitation",
+    "StochasticDepth",
+    "MBConv",
+    "FusedMBConv",
+    "StageSpec",
+    "ModelSpec",
+    "MODEL_SPECS",
+    "EfficientNetV2",
+    "scale_spec",
+    "build_model",
+    "efficientnetv2_s",
+    "efficientnetv2_m",
+    "efficientnetv2_l",
+    "efficientnetv2_xl",
+    "efficientnetv2_cifar",
+    "efficientnetv2_cifar_tiny",
+]

@@ -24,7 +24,6 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from .blocks import ConvBNAct, FusedMBConv, MBConv, expanded_width
@@ -34,6 +33,7 @@ __all__ = [
     "ModelSpec",
     "EfficientNetV2",
     "MODEL_SPECS",
+    "scale_spec",
     "efficientnetv2_s",
     "efficientnetv2_m",
     "efficientnetv2_l",

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import ipywidgets as widgets
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 
