@@ -67,7 +67,6 @@ shows both paths with and without RandAugment.
 """
 
 import math
-import numbers
 from itertools import accumulate
 from typing import Optional
 
@@ -77,6 +76,7 @@ from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from ._checks import check_int, check_real
 from .data import CIFAR10_MEAN, CIFAR10_STD
 
 CIFAR_SIZE = 32
@@ -88,28 +88,12 @@ DEFAULT_PADDING = 4          # random-crop padding at 32 px, reflected (see Devi
 RANDAUG_FILL = 128           # grey, the fill value of the TF RandAugment
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_real(name: str, value, low: float, high: float, allowed: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if not (math.isfinite(value) and low <= value <= high):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return float(value)
-
-
 def _check_image_size(image_size) -> int:
-    return _check_int("image_size (px)", image_size, 8)
+    return check_int("image_size (px)", image_size, 8)
 
 
 def _check_alpha(alpha) -> float:
-    return _check_real("mixup_alpha", alpha, 0.0, math.inf, "a finite number >= 0 (0 disables Mixup)")
+    return check_real("mixup_alpha", alpha, 0.0, allowed="a finite number >= 0 (0 disables Mixup)")
 
 
 # --- RandAugment ------------------------------------------------------------------------------
@@ -120,9 +104,9 @@ def randaug_to_torchvision(m_paper: float) -> int:
     For m_paper <= 10 use it with ``v2.RandAugment(magnitude=bin, num_magnitude_bins=31)``;
     above 10 only `PaperRandAugment` has bins that far.
     """
-    m_paper = _check_real("randaug_magnitude", m_paper, 0.0, MAX_PAPER_LEVEL,
-                          f"in [0, {MAX_PAPER_LEVEL}] on the paper's scale (TF levels, "
-                          f"nominal max {TF_MAX_LEVEL})")
+    m_paper = check_real("randaug_magnitude", m_paper, 0.0, MAX_PAPER_LEVEL,
+                         allowed=f"in [0, {MAX_PAPER_LEVEL}] on the paper's scale (TF levels, "
+                                 f"nominal max {TF_MAX_LEVEL})")
     return round(BINS_PER_LEVEL * m_paper)
 
 
@@ -285,7 +269,7 @@ def batched_rand_augment(images: torch.Tensor, level: float, num_ops: int = 2,
                         f"{getattr(images, 'dtype', type(images).__name__)}")
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must be uint8 [B, C, H, W] with C = 1 or 3, got {list(images.shape)}")
-    num_ops = _check_int("num_ops", num_ops, 0)
+    num_ops = check_int("num_ops", num_ops, 0)
     table = randaug_op_table(level, *images.shape[-2:])              # validates `level`
     batch = len(images)
     if level == 0 or num_ops == 0 or batch == 0:
@@ -334,7 +318,7 @@ def train_transform(image_size, randaug_magnitude: Optional[float] = None, *,
     image_size = _check_image_size(image_size)
     randaug_magnitude = 0.0 if randaug_magnitude is None else randaug_magnitude
     randaug_to_torchvision(randaug_magnitude)                     # validates the range
-    padding = _check_int("padding", padding, 0)
+    padding = check_int("padding", padding, 0)
 
     steps = []
     if padding:
@@ -401,7 +385,7 @@ def set_dropout(model: nn.Module, rate: float) -> int:
     Stochastic depth is not an nn.Dropout and keeps its rate: the paper adapts dropout,
     RandAugment and Mixup only. Returns the number of modules changed.
     """
-    rate = _check_real("rate", rate, 0.0, 1.0, "a dropout rate in [0, 1)")
+    rate = check_real("rate", rate, 0.0, 1.0, allowed="a dropout rate in [0, 1)")
     if rate == 1.0:
         raise ValueError("rate must be a dropout rate in [0, 1), got 1.0 (drops everything)")
     dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
@@ -457,9 +441,9 @@ class DeviceLoader:
                  channels_last: bool = False, dtype: torch.dtype = torch.float32,
                  generator: Optional[torch.Generator] = None,
                  randaug_magnitude: Optional[float] = None, randaug_num_ops: int = 2) -> None:
-        batch_size = _check_int("batch_size", batch_size, 1)
-        self.randaug_num_ops = _check_int("randaug_num_ops", randaug_num_ops, 0)
-        if _check_int("padding", padding, 0) >= CIFAR_SIZE:
+        batch_size = check_int("batch_size", batch_size, 1)
+        self.randaug_num_ops = check_int("randaug_num_ops", randaug_num_ops, 0)
+        if check_int("padding", padding, 0) >= CIFAR_SIZE:
             raise ValueError(f"padding must be < {CIFAR_SIZE} px, got {padding!r}")
         images = split.images
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1:] != (3, CIFAR_SIZE, CIFAR_SIZE):

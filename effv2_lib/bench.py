@@ -70,7 +70,7 @@ class CompiledForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.compiled is None:
-            self.compiled = torch.compile(self.model, mode=self.mode)
+            self.compiled = torch.compile(self.model, mode=self.mode, dynamic=False)
         return self.compiled(x)
 
 

@@ -24,10 +24,13 @@ Shapes in comments use N (batch), C (channels), H, W (height, width).
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
 from torch import Tensor, nn
+
+from ._checks import check_choice, check_int, check_real
 
 __all__ = [
     "BN_EPS",
@@ -43,38 +46,26 @@ __all__ = [
 BN_EPS = 1e-3
 
 
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
+def _check_stride(stride) -> int:
+    return check_choice("stride", check_int("stride", stride, 1), (1, 2))
 
 
-def _check_stride(stride) -> None:
-    if isinstance(stride, bool) or stride not in (1, 2):
-        raise ValueError(f"stride must be 1 or 2, got {stride!r}")
-
-
-def _check_kernel(kernel_size) -> None:
-    _check_int("kernel_size", kernel_size, 1)
+def _check_kernel(kernel_size) -> int:
+    kernel_size = check_int("kernel_size", kernel_size, 1)
     if kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be odd (so 'same' padding is symmetric), got {kernel_size}")
+    return kernel_size
 
 
-def _check_probability(name: str, value, high_inclusive: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    ok = 0 <= value <= 1 if high_inclusive else 0 <= value < 1
-    if not ok:
-        interval = "[0, 1]" if high_inclusive else "[0, 1)"
-        raise ValueError(f"{name} must be in {interval}, got {value}")
+def _check_probability(name: str, value, high_inclusive: bool) -> float:
+    # check_real takes a closed interval, and [0, largest float below 1] is [0, 1).
+    high = 1.0 if high_inclusive else math.nextafter(1.0, 0.0)
+    interval = "[0, 1]" if high_inclusive else "[0, 1)"
+    return check_real(name, value, 0.0, high, allowed=f"a number in {interval}")
 
 
-def _check_expand_ratio(expand_ratio) -> None:
-    if isinstance(expand_ratio, bool) or not isinstance(expand_ratio, (int, float)):
-        raise TypeError(f"expand_ratio must be a number, got {type(expand_ratio).__name__} {expand_ratio!r}")
-    if expand_ratio < 1:
-        raise ValueError(f"expand_ratio must be >= 1, got {expand_ratio}")
+def _check_expand_ratio(expand_ratio) -> float:
+    return check_real("expand_ratio", expand_ratio, 1.0, allowed="a number >= 1")
 
 
 def expanded_width(in_channels: int, expand_ratio: float) -> int:
@@ -106,11 +97,11 @@ class ConvBNAct(nn.Sequential):
         groups: int = 1,
         activation: bool = True,
     ) -> None:
-        _check_int("in_channels", in_channels, 1)
-        _check_int("out_channels", out_channels, 1)
-        _check_kernel(kernel_size)
-        _check_stride(stride)
-        _check_int("groups", groups, 1)
+        in_channels = check_int("in_channels", in_channels, 1)
+        out_channels = check_int("out_channels", out_channels, 1)
+        kernel_size = _check_kernel(kernel_size)
+        stride = _check_stride(stride)
+        groups = check_int("groups", groups, 1)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"groups must divide in_channels and out_channels, got groups={groups}, "
@@ -143,8 +134,8 @@ class SqueezeExcitation(nn.Module):
 
     def __init__(self, channels: int, squeeze_channels: int) -> None:
         super().__init__()
-        _check_int("channels", channels, 1)
-        _check_int("squeeze_channels", squeeze_channels, 1)
+        channels = check_int("channels", channels, 1)
+        squeeze_channels = check_int("squeeze_channels", squeeze_channels, 1)
         self.reduce = nn.Conv2d(channels, squeeze_channels, 1)  # W1, with bias
         self.expand = nn.Conv2d(squeeze_channels, channels, 1)  # W2, with bias
         self.act = nn.SiLU(inplace=True)
@@ -165,8 +156,7 @@ class StochasticDepth(nn.Module):
 
     def __init__(self, p: float) -> None:
         super().__init__()
-        _check_probability("p", p, high_inclusive=False)
-        self.p = float(p)
+        self.p = _check_probability("p", p, high_inclusive=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
@@ -190,9 +180,9 @@ class _ResidualBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, stochastic_depth_prob: float) -> None:
         super().__init__()
-        _check_int("in_channels", in_channels, 1)
-        _check_int("out_channels", out_channels, 1)
-        _check_stride(stride)
+        in_channels = check_int("in_channels", in_channels, 1)
+        out_channels = check_int("out_channels", out_channels, 1)
+        stride = _check_stride(stride)
         _check_probability("stochastic_depth_prob", stochastic_depth_prob, high_inclusive=False)
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.has_residual = stride == 1 and in_channels == out_channels

@@ -33,6 +33,7 @@ __all__ = [
     "ModelSpec",
     "EfficientNetV2",
     "MODEL_SPECS",
+    "MODEL_NAMES",
     "scale_spec",
     "efficientnetv2_s",
     "efficientnetv2_m",
@@ -325,6 +326,8 @@ _BUILDERS = {
     "cifar": efficientnetv2_cifar,
     "cifar-tiny": efficientnetv2_cifar_tiny,
 }
+# The short names build_model (and the trainer's --model) accept.
+MODEL_NAMES = tuple(_BUILDERS)
 
 
 def build_model(name: str, num_classes: int, **kwargs) -> EfficientNetV2:

@@ -17,7 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["is_smoke", "pick_device", "seed_everything", "hardware", "count_parameters", "train_throughput"]
+from ._checks import check_int
+
+__all__ = ["is_smoke", "pick_device", "seed_everything", "derived_seed", "hardware", "count_parameters",
+           "train_throughput"]
 
 
 def is_smoke() -> bool:
@@ -41,12 +44,20 @@ def pick_device(preference: str | torch.device | None = None) -> torch.device:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (all devices); returns a CPU generator seeded the same."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    seed = check_int("seed", seed, 0)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def derived_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from small integers, e.g. (seed, purpose, epoch, rank).
+
+    Seeds such as seed + epoch collide across purposes and ranks (seed 1 epoch 0 equals seed 0
+    epoch 1); SeedSequence hashes the whole tuple, so distinct tuples give unrelated streams.
+    """
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def hardware(device: torch.device | str | None = None) -> dict[str, str | int]:
@@ -94,8 +105,7 @@ def train_throughput(
     """
     for name, value, low in (("image_size", image_size, 1), ("batch_size", batch_size, 1),
                              ("steps", steps, 1), ("warmup", warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        check_int(name, value, low)
     device = torch.device(device) if device is not None else pick_device()
     model = copy.deepcopy(model).to(device).train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

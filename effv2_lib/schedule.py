@@ -49,9 +49,10 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ._checks import check_choice, check_int, check_real
 
 __all__ = ["Stage", "ProgressiveSchedule", "PRESETS", "RULES"]
 
@@ -125,14 +126,6 @@ PRESETS["cifar10-fixed"] = dict(PRESETS["cifar10"], num_stages=1)
 PRESETS["cifar100-fixed"] = dict(PRESETS["cifar100"], num_stages=1)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
-
-
 def _check_pair(name: str, value: Any) -> tuple[Any, Any]:
     if not isinstance(value, (tuple, list)):
         raise TypeError(
@@ -142,15 +135,11 @@ def _check_pair(name: str, value: Any) -> tuple[Any, Any]:
     return value[0], value[1]
 
 
-def _check_real_pair(name: str, value: Any, allowed: str, is_allowed) -> tuple[float, float]:
-    """A (start, end) pair of numbers, each satisfying is_allowed (described by allowed)."""
-    pair = _check_pair(name, value)
-    for v in pair:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"{name} must hold numbers, got {type(v).__name__} {v!r} in {value!r}")
-    if not all(math.isfinite(v) and is_allowed(v) for v in pair):
-        raise ValueError(f"{name} must be a pair (start, end) with values {allowed}, got {value!r}")
-    return float(pair[0]), float(pair[1])
+def _check_real_pair(name: str, value: Any, low: float, high: float, allowed: str) -> tuple[float, float]:
+    """A (start, end) pair of finite numbers in [low, high] (described by allowed)."""
+    start, end = _check_pair(name, value)
+    return (check_real(f"{name}[0]", start, low, high, allowed=allowed),
+            check_real(f"{name}[1]", end, low, high, allowed=allowed))
 
 
 def _round_to_multiple(x: float, multiple: int) -> int:
@@ -191,32 +180,25 @@ class ProgressiveSchedule:
     stages: tuple[Stage, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        n = _check_int("total_epochs", self.total_epochs, 1)
-        m = _check_int("num_stages", self.num_stages, 1)
+        n = check_int("total_epochs", self.total_epochs, 1)
+        m = check_int("num_stages", self.num_stages, 1)
         if n < m:
             raise ValueError(
                 f"total_epochs must be >= num_stages (every stage needs at least one epoch), "
                 f"got total_epochs={n}, num_stages={m}")
-        multiple = _check_int("size_multiple", self.size_multiple, 1)
-        sizes = _check_pair("image_size", self.image_size)
-        for s in sizes:
-            if isinstance(s, bool) or not isinstance(s, numbers.Integral):
-                raise TypeError(
-                    f"image_size must hold ints (px), got {type(s).__name__} {s!r} "
-                    f"in {self.image_size!r}")
-        if min(sizes) < MIN_IMAGE_SIZE:
-            raise ValueError(
-                f"image_size must be >= {MIN_IMAGE_SIZE} px at both ends, got {self.image_size!r}")
+        multiple = check_int("size_multiple", self.size_multiple, 1)
+        start_size, end_size = _check_pair("image_size", self.image_size)
+        sizes = (check_int("image_size[0] (px)", start_size, MIN_IMAGE_SIZE),
+                 check_int("image_size[1] (px)", end_size, MIN_IMAGE_SIZE))
         if any(s % multiple for s in sizes):
             raise ValueError(
                 f"image_size endpoints must be multiples of size_multiple={multiple}, "
                 f"got {self.image_size!r}")
-        dropout = _check_real_pair("dropout", self.dropout, "in [0, 1)", lambda v: 0 <= v < 1)
-        randaug = _check_real_pair(
-            "randaug", self.randaug, f"in [0, {MAX_RANDAUG:g}]", lambda v: 0 <= v <= MAX_RANDAUG)
-        mixup = _check_real_pair("mixup", self.mixup, ">= 0", lambda v: v >= 0)
-        if self.rule not in RULES:
-            raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
+        # [0, largest float below 1] is [0, 1): check_real takes a closed interval.
+        dropout = _check_real_pair("dropout", self.dropout, 0.0, math.nextafter(1.0, 0.0), "in [0, 1)")
+        randaug = _check_real_pair("randaug", self.randaug, 0.0, MAX_RANDAUG, f"in [0, {MAX_RANDAUG:g}]")
+        mixup = _check_real_pair("mixup", self.mixup, 0.0, math.inf, "a finite number >= 0")
+        check_choice("rule", self.rule, RULES)
         if not isinstance(self.name, str):
             raise TypeError(f"name must be a str, got {type(self.name).__name__} {self.name!r}")
 
@@ -224,7 +206,7 @@ class ProgressiveSchedule:
         # and the JSON round trip do not depend on how the arguments were spelled.
         set_field = object.__setattr__  # frozen dataclass: fields are set once, here
         for key, value in dict(total_epochs=n, num_stages=m, size_multiple=multiple,
-                               image_size=(int(sizes[0]), int(sizes[1])),
+                               image_size=sizes,
                                dropout=dropout, randaug=randaug, mixup=mixup).items():
             set_field(self, key, value)
         set_field(self, "stages", self._build_stages())
@@ -253,9 +235,8 @@ class ProgressiveSchedule:
     # ----------------------------------------------------------------------------- queries
     def at(self, epoch: int) -> Stage:
         """The stage that trains epoch `epoch` (0-based, 0 <= epoch < total_epochs)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral):
-            raise TypeError(f"epoch must be an int, got {type(epoch).__name__} {epoch!r}")
-        if not 0 <= epoch < self.total_epochs:
+        epoch = check_int("epoch", epoch, 0)
+        if epoch >= self.total_epochs:
             raise ValueError(
                 f"epoch must be in [0, {self.total_epochs}) for this {self.total_epochs}-epoch "
                 f"schedule, got {epoch}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import html
 import io
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +30,7 @@ import ipywidgets as widgets
 import torch
 from matplotlib.figure import Figure
 
+from ._checks import check_int
 from .augment import MAX_PAPER_LEVEL, PaperRandAugment, mixup_batch
 from .plots import plot_image_grid, plot_schedule
 from .schedule import MAX_RANDAUG, MIN_IMAGE_SIZE, PRESETS, RULES, ProgressiveSchedule
@@ -67,9 +67,7 @@ def _png(figure: Figure, dpi: int) -> bytes:
 
 
 def _check_dpi(dpi: Any) -> int:
-    if isinstance(dpi, bool) or not isinstance(dpi, numbers.Integral) or dpi < 20:
-        raise ValueError(f"dpi must be an int >= 20, got {dpi!r}")
-    return int(dpi)
+    return check_int("dpi", dpi, 20)
 
 
 def _error_html(message: str) -> str:

@@ -14,13 +14,15 @@ import pytest
 import torch
 from torch import nn
 
+import effv2_lib.config as config_module
 import effv2_lib.train as train_module
 from effv2_lib.checkpoint import RunDirectoryError, load_checkpoint
 from effv2_lib.data import load_cifar, subset
 from effv2_lib.evaluate import evaluate, reestimate_batchnorm
 from effv2_lib.schedule import ProgressiveSchedule
-from effv2_lib.train import (ModelEMA, NonFiniteLossError, TrainConfig, WarmupThenDecay, auto_config,
-                             parameter_groups, resolve_schedule, train)
+from effv2_lib.config import resolve_schedule
+from effv2_lib.optim import ModelEMA, WarmupThenDecay, parameter_groups
+from effv2_lib.train import NonFiniteLossError, TrainConfig, auto_config, train
 
 ROOT = Path(__file__).resolve().parent.parent
 # 3 epochs in 2 stages: epochs 1-2 at 16 px without regularization, epoch 3 at 20 px with
@@ -342,7 +344,7 @@ def test_auto_config_on_cpu_and_gpu(monkeypatch):
     assert cpu.model == "cifar-tiny" and cpu.device == "cpu" and not cpu.full_data_only
     assert "CPU classroom run" in text and cpu.out.startswith("runs/auto-cpu-")
     assert resolve_schedule(cpu).num_stages == 4
-    monkeypatch.setattr(train_module, "pick_device", lambda preference=None: torch.device("cuda"))
+    monkeypatch.setattr(config_module, "pick_device", lambda preference=None: torch.device("cuda"))
     gpu, text = auto_config(data_dir="/data/cifar10")
     assert gpu.model == "cifar" and gpu.full_data_only and gpu.data_dir == "/data/cifar10" and not gpu.download
     assert resolve_schedule(gpu).total_epochs == 40

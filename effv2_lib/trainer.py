@@ -1,0 +1,676 @@
+"""The training loop behind `effv2_lib.train.train`: progressive learning, fast, resumable.
+
+Tan & Le (2021), "EfficientNetV2: Smaller Models and Faster Training", Section 4, Algorithm 1:
+the run is cut into M stages (`effv2_lib.schedule.ProgressiveSchedule`); when stage i begins,
+the trainer switches the training image size S_i, the head dropout rate gamma_i
+(`set_dropout`), the RandAugment magnitude epsilon_i and the Mixup alpha lambda_i
+(`effv2_lib.augment`). After the last epoch, BatchNorm statistics are re-estimated at the test
+size before the final evaluation (FixRes, Touvron et al. 2019; accuracy recorded before and
+after). The optimizer, learning-rate schedule and EMA are in `effv2_lib.optim`.
+
+Speed (what makes small-image training fast on a GPU, DESIGN.md section 5): the data stay on the
+device (`effv2_lib.augment.DeviceLoader`: crop, flip, resize, per-sample RandAugment and Mixup
+batched there), bf16 autocast, channels_last, cudnn.benchmark, optional torch.compile (one
+recompilation per stage size, its cost recorded), and no host-device synchronization in the
+training step: loss and accuracy accumulate on the device (`_DeviceTally`) and are read every
+`sync_every` steps (default 50 on CUDA) and at the end of each epoch. (Batched RandAugment reads
+its group sizes once per batch; see `effv2_lib.augment.batched_rand_augment`.)
+
+Nothing lost: a checkpoint every epoch, written atomically (`effv2_lib.checkpoint`), holds the
+model, optimizer, LR scheduler, EMA, every random generator, the schedule and the position
+(epoch and step). Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves and stops; a third
+signal aborts without saving. A resume continues bit for bit on the CPU: the data generators
+are reseeded from (seed, epoch, rank) at every epoch, and a resume in the middle of an epoch
+replays (and discards) the epoch's first batches, which leaves every generator where the
+interrupted run had it. (On a GPU, cuDNN's nondeterministic kernels make runs equal up to
+rounding, resumed or not.) A NaN or infinite loss stops the run, naming the epoch and step.
+
+Distributed (`effv2_lib.distributed`): `batch_size` is the global batch; each rank takes
+batch_size / N images per step from its own shard, only rank 0 writes, and at the end the ranks
+compare digests of their weights (``ranks_identical`` in summary.json).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+from tqdm.auto import tqdm
+
+from .augment import DeviceLoader, mixup_batch, set_dropout, train_transform
+from .checkpoint import (CHECKPOINT_FILE, CONFUSION_FILE, CURVES_FILE, HISTORY_FILE, SUMMARY_FILE, WEIGHTS_FILE,
+                         RunDirectoryError, atomic_write_json, capture_rng_state, load_checkpoint,
+                         prepare_run_dir, restore_rng_state, save_checkpoint, save_weights)
+from .config import RUNTIME_FIELDS, TrainConfig, resolve_schedule, smoke_config
+from .data import NORMALIZATION, CifarData, CifarSplit, SampleDataWarning, load_cifar, subset
+from .distributed import Ranks, state_digest
+from .evaluate import evaluate, reestimate_batchnorm
+from .model import build_model
+from .optim import ModelEMA, WarmupThenDecay, build_optimizer
+from .report import digest_history, epoch_line, format_duration, write_plots
+from .runtime import count_parameters, derived_seed, hardware, seed_everything
+from .schedule import ProgressiveSchedule, Stage
+
+__all__ = ["Trainer", "TrainResult", "NonFiniteLossError"]
+
+# Largest file the GPU machines send back (16 MiB), less room for the container.
+WEIGHT_SHARD_BYTES = 15 * 2**20
+# Purposes of derived seeds, so that no two random streams coincide.
+_SEED_RANK, _SEED_EPOCH, _SEED_SHARD, _SEED_BN = 1, 2, 3, 4
+
+
+@dataclass
+class TrainResult:
+    """What a run returns: per-epoch records, the summary, and the model as it was evaluated."""
+
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+    model: nn.Module  # the reported model (the EMA if enabled), on its device, eval mode
+    out: Path | None
+    status: str  # "finished", "interrupted" (signal) or "stopped" (stop_after)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the epoch and step."""
+
+
+class _StopOnSignal:
+    """SIGINT / SIGTERM request a clean stop (finish the step, save, exit); a third one aborts."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.count = 0
+        self.previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.count > 0
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count >= 3:
+            raise KeyboardInterrupt(f"signal {signum} received 3 times: aborting without saving")
+        if self.count == 1:
+            self.log(f"\n{signal.Signals(signum).name} received: finishing this step, saving a checkpoint, "
+                     "stopping (twice more to abort without saving)")
+
+    def __enter__(self) -> "_StopOnSignal":
+        if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+class _DeviceTally:
+    """Loss sum, correct count and the first non-finite step, kept on the device.
+
+    `add` queues a few tensor operations and never waits for the GPU; only `read` copies to the
+    host, which the loop does every sync_every steps.
+    """
+
+    NEVER = torch.iinfo(torch.int64).max
+
+    def __init__(self, device: torch.device, partial: dict[str, Any] | None) -> None:
+        partial = partial or {}
+        self.loss_sum = torch.tensor(partial.get("loss_sum", 0.0), device=device, dtype=torch.float64)
+        self.correct = torch.tensor(partial.get("correct", 0), device=device, dtype=torch.int64)
+        self.seen = int(partial.get("seen", 0))  # a Python int: batch sizes are known on the host
+        self.first_bad = torch.full((), self.NEVER, device=device, dtype=torch.int64)
+        self.bad_loss = torch.zeros((), device=device)
+
+    def add(self, step: int, loss: Tensor, logits: Tensor, targets: Tensor) -> None:
+        hard_targets = targets if targets.ndim == 1 else targets.argmax(1)  # Mixup: the larger partner
+        self.loss_sum += loss * len(logits)
+        self.correct += (logits.argmax(1) == hard_targets).sum()
+        bad = (self.first_bad == self.NEVER) & ~torch.isfinite(loss)
+        self.first_bad = torch.where(bad, step, self.first_bad)
+        self.bad_loss = torch.where(bad, loss, self.bad_loss)
+        self.seen += len(logits)
+
+    def read(self) -> dict[str, Any]:
+        return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "seen": self.seen}
+
+
+class Trainer:
+    """One run of `effv2_lib.train.train`; methods run in the order they appear."""
+
+    def __init__(self, config: TrainConfig, *, data: CifarData | None = None, progress: bool = True,
+                 on_epoch: Callable[[dict], None] | None = None, on_step: Callable[[int, int], None] | None = None,
+                 command: str | None = None) -> None:
+        self.config = smoke_config(config) if config.smoke else config
+        self.given_data = data
+        self.progress = progress
+        self.on_epoch = on_epoch
+        self.on_step = on_step
+        self.command = command
+        self.ranks, self.device = Ranks.from_environment(self.config.device)
+        self.history: list[dict[str, Any]] = []
+        self.compile_error: str | None = None
+
+    def log(self, message: str) -> None:
+        if self.ranks.is_main:
+            tqdm.write(message, file=sys.stdout)
+            sys.stdout.flush()
+
+    # -------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        cfg, device = self.config, self.device
+        started = time.perf_counter()
+        is_cuda = device.type == "cuda"
+        self.bf16 = is_cuda if cfg.bf16 is None else cfg.bf16
+        self.channels_last = device.type in ("cuda", "cpu") if cfg.channels_last is None else cfg.channels_last
+        self.sync_every = cfg.sync_every or (50 if is_cuda else 1)
+        # The batched device path beats per-sample transforms on CPUs too (effv2_lib.bench_data).
+        self.loader_kind = "device" if cfg.loader == "auto" else cfg.loader
+        if is_cuda:
+            torch.backends.cudnn.benchmark = True  # sizes repeat within a stage: autotune once each
+            torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
+        self.schedule = resolve_schedule(cfg)
+        self.load_data()
+
+        seed_everything(cfg.seed)  # the same initial weights on every rank
+        self.model = build_model(cfg.model, self.num_classes, dropout=self.schedule.stages[0].dropout)
+        smallest = min(s.image_size for s in self.schedule.stages)
+        if smallest < self.model.min_input_size:
+            raise ValueError(f"model {cfg.model!r} needs images of at least {self.model.min_input_size} px, "
+                             f"the schedule goes down to {smallest} px")
+        self.eval_size = cfg.eval_size or self.model.eval_size
+        self.model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.batch_size, cfg.lr, cfg.weight_decay,
+                                         cfg.momentum)
+        self.build_loaders()
+        warmup_epochs = min(cfg.warmup_epochs, self.schedule.total_epochs / 5)
+        self.lr_factor = WarmupThenDecay(round(warmup_epochs * self.steps_per_epoch),
+                                         self.schedule.total_epochs * self.steps_per_epoch,
+                                         self.steps_per_epoch, cfg.lr_schedule)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema else None
+        # Each rank draws its own dropout / stochastic-depth masks from here on.
+        seed_everything(derived_seed(cfg.seed, _SEED_RANK, self.ranks.rank))
+
+        self.start_epoch, self.start_step, self.partial, self.rng_state = 0, 0, None, None
+        self.elapsed_before = 0.0  # training time of earlier invocations (resume)
+        self.prepare_out_dir()
+        if cfg.resume:
+            self.load_training_state()
+
+        self.train_module = self.ranks.wrap(self.model, device)
+        # dynamic=False: one static graph per stage size. By default a second size makes dynamo
+        # switch to a shape-generic graph, whose kernels are slower than size-specialized ones.
+        self.forward = (torch.compile(self.train_module, mode=cfg.compile_mode, dynamic=False) if cfg.compile
+                        else self.train_module)
+        self.compiled_sizes: set[int] = set()
+        self.setup_time = time.perf_counter() - started
+
+    def load_data(self) -> None:
+        cfg = self.config
+        if self.given_data is not None:
+            data = self.given_data
+        else:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", SampleDataWarning)
+                try:
+                    data = load_cifar(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
+                                      prefer_sample=cfg.sample)
+                except RuntimeError as exc:  # a failed download: say what to do instead, no traceback
+                    raise FileNotFoundError(str(exc)) from exc
+            for warning in caught:  # the sample is announced below, in the run's own words
+                if not issubclass(warning.category, SampleDataWarning):
+                    warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        if data.is_sample and cfg.full_data_only:
+            raise FileNotFoundError(
+                f"this run needs the full {cfg.dataset} data set and only the bundled sample was found. "
+                f"Pass --data DIR (or set EFFV2_DATA=DIR) for a directory with train.npz and test.npz, or "
+                f"--download to fetch it with torchvision into the project's data/ folder.")
+        if data.is_sample and not cfg.sample:
+            self.log(f"NOTE: training on the bundled CIFAR-10 SAMPLE ({len(data.train)} training / "
+                     f"{len(data.test)} test images), not the full data set; accuracies are not "
+                     f"CIFAR-10 figures. Use --data DIR, EFFV2_DATA or --download for the real thing.")
+        self.train_split, self.test_split = data.train, data.test
+        if cfg.subset_per_class:
+            self.train_split = subset(self.train_split, cfg.subset_per_class, seed=cfg.seed)
+        if cfg.test_subset_per_class:
+            self.test_split = subset(self.test_split, cfg.test_subset_per_class, seed=cfg.seed)
+        self.data = data
+        self.classes = list(data.classes)
+        self.num_classes = len(self.classes)
+        self.mean, self.std = NORMALIZATION[cfg.dataset]
+
+    def build_loaders(self) -> None:
+        cfg, device, world = self.config, self.device, self.ranks.world_size
+        if cfg.batch_size % world:
+            raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
+        self.rank_batch = cfg.batch_size // world
+        shard_seed = derived_seed(cfg.seed, _SEED_SHARD)
+        # One generator on the device draws every random choice of the data path (crop, flip,
+        # RandAugment, Mixup); it is reseeded at each epoch from (seed, epoch, rank).
+        self.data_generator = torch.Generator(device=device)
+        norm = dict(mean=self.mean, std=self.std, channels_last=self.channels_last)
+        if self.loader_kind == "device":
+            self.train_loader = DeviceLoader(self.ranks.shard(self.train_split, shard_seed, equal=True),
+                                             self.rank_batch, device=device, generator=self.data_generator, **norm)
+            self.steps_per_epoch = len(self.train_loader)
+        else:
+            self.sampler = DistributedSampler(self.train_split, num_replicas=world, rank=self.ranks.rank,
+                                              shuffle=True, seed=shard_seed % 2**31, drop_last=True)
+            self.num_workers = cfg.num_workers if cfg.num_workers is not None else (
+                min(8, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0)
+            self.steps_per_epoch = len(self.sampler) // self.rank_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the training set ({len(self.train_split)} images over {world} process(es)) "
+                             f"is smaller than one batch of {cfg.batch_size}; lower batch_size")
+        self.test_loader = DeviceLoader(self.ranks.shard(self.test_split, shard_seed, equal=False),
+                                        1024 if device.type == "cuda" else 250, device=device,
+                                        image_size=self.eval_size, train=False, **norm)
+        # FixRes: bn_batches batches of unaugmented training images, the same on every rank.
+        count = min(len(self.train_split), cfg.bn_batches * self.rank_batch)
+        rows = torch.randperm(len(self.train_split), generator=torch.Generator().manual_seed(
+            derived_seed(cfg.seed, _SEED_BN)))[:count].sort().values
+        bn_split = CifarSplit(self.train_split.images[rows], self.train_split.labels[rows], self.classes)
+        self.bn_loader = DeviceLoader(bn_split, self.rank_batch, device=device, image_size=self.eval_size,
+                                      train=False, **norm)
+
+    # ------------------------------------------------------------------ run directory, resume
+    @property
+    def checkpoint_path(self) -> Path | None:
+        cfg = self.config
+        return None if cfg.out is None else Path(cfg.checkpoint_dir or cfg.out) / CHECKPOINT_FILE
+
+    def prepare_out_dir(self) -> None:
+        cfg = self.config
+        if cfg.out is None:
+            return
+        error = None
+        if self.ranks.is_main:
+            run = {"config": cfg.to_dict(), "command": self.command}
+            compare = tuple(f.name for f in fields(TrainConfig) if f.name not in RUNTIME_FIELDS)
+            try:
+                prepare_run_dir(cfg.out, run, resume=cfg.resume, overwrite=cfg.overwrite, compare=compare,
+                                checkpoint=self.checkpoint_path)
+            except (RunDirectoryError, ValueError) as exc:
+                error = exc
+        message = self.ranks.from_main(None if error is None else str(error))  # every rank fails, or none
+        if error is not None:
+            raise error
+        if message is not None:
+            raise RunDirectoryError(message)
+
+    def load_training_state(self) -> None:
+        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        saved_schedule = ProgressiveSchedule.from_dict(state["schedule"])
+        if saved_schedule != self.schedule:
+            raise RunDirectoryError(f"the checkpoint's schedule differs from this run's:\n"
+                                    f"{saved_schedule.table()}\nvs\n{self.schedule.table()}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise RunDirectoryError("the checkpoint holds no EMA weights; resume without --ema")
+            self.ema.load_state_dict(state["ema"])
+        self.history = list(state["history"])
+        self.start_epoch, self.start_step = int(state["epoch"]), int(state["step"])
+        self.partial = state.get("partial")
+        self.elapsed_before = float(state["elapsed"])
+        self.compile_error = state.get("compile_error")
+        rng = state["rng"]
+        if len(rng) == self.ranks.world_size:
+            self.rng_state = rng[self.ranks.rank]
+            # Restored last, after every object that draws random numbers while being built.
+            restore_rng_state(self.rng_state)
+        else:
+            warnings.warn(f"the checkpoint was written by {len(rng)} process(es), this run has "
+                          f"{self.ranks.world_size}: random streams restart from the seed", stacklevel=2)
+        where = f"epoch {self.start_epoch + 1}" + (f", step {self.start_step + 1}" if self.start_step else "")
+        self.log(f"resuming {self.config.out} at {where} of {self.schedule.total_epochs}")
+
+    def save_training_state(self, epoch: int, step: int, partial: dict | None) -> None:
+        """Checkpoint: the run continues at (epoch, step); every rank's RNG state is gathered."""
+        if self.checkpoint_path is None:
+            return
+        rng = self.ranks.gather(capture_rng_state())
+        if not self.ranks.is_main:
+            return
+        save_checkpoint({
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": rng,
+            "schedule": self.schedule.to_dict(),
+            "config": self.config.to_dict(),
+            "epoch": epoch,
+            "step": step,
+            "partial": partial,
+            "history": self.history,
+            "elapsed": self.elapsed(),
+            "compile_error": self.compile_error,
+        }, self.checkpoint_path)
+
+    # ----------------------------------------------------------------------------- training
+    def enter_stage(self, stage: Stage) -> None:
+        """Apply stage i's image size S_i and regularization (gamma_i, epsilon_i, lambda_i)."""
+        set_dropout(self.model, stage.dropout)
+        if self.ema is not None:
+            set_dropout(self.ema.module, stage.dropout)
+        if self.loader_kind == "device":
+            self.train_loader.set_stage(stage.image_size, stage.mixup_alpha, stage.randaug_magnitude)
+        else:
+            self.train_dataset = self.train_split.with_transform(
+                train_transform(stage.image_size, stage.randaug_magnitude, mean=self.mean, std=self.std))
+
+    def batches(self, epoch: int, stage: Stage) -> Iterator[tuple[Tensor, Tensor]]:
+        """This epoch's training batches: images [B, 3, S_i, S_i] on the device, targets [B] or [B, K]."""
+        epoch_seed = derived_seed(self.config.seed, _SEED_EPOCH, epoch, self.ranks.rank)
+        self.data_generator.manual_seed(epoch_seed)
+        if self.loader_kind == "device":
+            yield from self.train_loader
+            return
+        self.sampler.set_epoch(epoch)
+        loader = DataLoader(self.train_dataset, batch_size=self.rank_batch, sampler=self.sampler,
+                            drop_last=True, num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(epoch_seed))  # worker seeds
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        for images, labels in loader:
+            images = images.to(self.device, non_blocking=True, memory_format=memory_format)
+            labels = labels.to(self.device, non_blocking=True)
+            yield mixup_batch(images, labels, stage.mixup_alpha, self.num_classes, self.data_generator)
+
+    def train_step(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.forward(images)  # [B, K]
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.config.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return logits.detach(), loss.detach()
+
+    def compiling_step(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, float]:
+        """The first step at a new image size (torch.compile recompiles): timed, eager on failure."""
+        self.synchronize()
+        start = time.perf_counter()
+        try:
+            logits, loss = self.train_step(images, targets)
+        except Exception as exc:  # a compiler failure must not cost the run: train eagerly
+            if self.forward is self.train_module:
+                raise
+            self.compile_error = f"{type(exc).__name__}: {exc}"
+            self.log(f"WARNING: torch.compile failed ({self.compile_error[:300]}); training eagerly")
+            self.forward = self.train_module
+            logits, loss = self.train_step(images, targets)
+        self.synchronize()
+        self.compiled_sizes.add(images.shape[-1])
+        return logits, loss, time.perf_counter() - start
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def train_epoch(self, epoch: int, stage: Stage, stop: _StopOnSignal) -> tuple[dict, bool]:
+        """Train one epoch (from self.start_step); returns its statistics and whether it was interrupted."""
+        steps, resume_at = self.steps_per_epoch, self.start_step if epoch == self.start_epoch else 0
+        batches = self.batches(epoch, stage)
+        if resume_at:  # mid-epoch resume: replay the first batches so every generator advances
+            for _ in range(resume_at):
+                next(batches)
+            if self.rng_state is not None:
+                restore_rng_state(self.rng_state)  # what the skipped data draws consumed
+        tally = _DeviceTally(self.device, self.partial if resume_at else None)
+        train_time = self.partial["train_time"] if resume_at else 0.0
+        self.partial, compile_time, interrupted = None, None, False
+        bar = tqdm(total=steps, initial=resume_at, dynamic_ncols=True, unit="step",
+                   desc=f"epoch {epoch + 1}/{self.schedule.total_epochs} stage {stage.index} {stage.image_size}px",
+                   disable=not (self.progress and self.ranks.is_main))
+        self.synchronize()
+        started = time.perf_counter()
+        step = resume_at
+        with bar:
+            for step in range(resume_at, steps):
+                images, targets = next(batches)
+                if self.config.compile and stage.image_size not in self.compiled_sizes:
+                    logits, loss, compile_time = self.compiling_step(images, targets)
+                else:
+                    logits, loss = self.train_step(images, targets)
+                tally.add(step, loss, logits, targets)
+                bar.update(1)
+                if self.on_step is not None:
+                    self.on_step(epoch, step)
+                # The host reads every sync_every steps (under DDP the ranks must meet at the same
+                # steps, so a stop request waits for the next meeting).
+                alone_stopping = stop.requested and not self.ranks.enabled
+                if (step + 1) % self.sync_every and step + 1 < steps and not alone_stopping:
+                    continue
+                first_bad, stop_now = self.ranks.max(torch.stack(
+                    [-tally.first_bad, torch.tensor(int(stop.requested), device=self.device)])).tolist()
+                if -first_bad != tally.NEVER:
+                    self.raise_non_finite(epoch, -first_bad, float(tally.bad_loss) if self.ranks.is_main else None)
+                so_far = tally.read()
+                rate = so_far["seen"] * self.ranks.world_size / (train_time + time.perf_counter() - started)
+                bar.set_postfix(loss=f"{so_far['loss_sum'] / so_far['seen']:.3f}",
+                                acc=f"{so_far['correct'] / so_far['seen']:.3f}", img_s=f"{rate:.0f}",
+                                stage=stage.index, refresh=False)
+                if stop_now and step + 1 < steps:
+                    interrupted = True
+                    break
+        self.synchronize()
+        train_time += time.perf_counter() - started
+        done = step + 1 - resume_at
+        if compile_time is not None and done > 1:  # compile time = first step's time less a usual step's
+            compile_time = max(0.0, compile_time - train_time / done)
+        stats = {**tally.read(), "train_time": train_time, "step": step + 1, "compile_time": compile_time}
+        totals = self.ranks.sum(torch.tensor([stats["loss_sum"], stats["correct"], stats["seen"]],
+                                             dtype=torch.float64, device=self.device))
+        stats["global"] = totals.tolist()
+        return stats, interrupted
+
+    def raise_non_finite(self, epoch: int, step: int, value: float | None) -> None:
+        value = "not finite" if value is None or math.isfinite(value) else value  # finite: another rank's
+        last = self.history[-1]["epoch"] if self.history else None
+        where = (f"the last good checkpoint is {self.checkpoint_path} (after epoch {last})"
+                 if self.checkpoint_path is not None and last is not None else "no checkpoint was written")
+        raise NonFiniteLossError(
+            f"training loss is {value} at epoch {epoch + 1}/{self.schedule.total_epochs}, step {step + 1}/"
+            f"{self.steps_per_epoch} (learning rate {self.scheduler.get_last_lr()[0]:.3g}); stopping. {where}. "
+            f"Try a lower --lr or a longer --warmup-epochs.")
+
+    @property
+    def reported_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def test(self, model: nn.Module):
+        return evaluate(model, self.test_loader, self.num_classes, bf16=self.bf16, all_reduce=self.ranks.enabled)
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.run_started
+
+    def run(self) -> TrainResult:
+        """Algorithm 1: for each stage i, set (S_i, gamma_i, epsilon_i, lambda_i) and train its epochs."""
+        self.setup()
+        cfg, schedule = self.config, self.schedule
+        self.log(self.describe())
+        status, stage = "finished", None
+        self.run_started = time.perf_counter()
+        with _StopOnSignal(self.log) as stop:
+            for epoch in range(self.start_epoch, schedule.total_epochs):
+                if stage != schedule.at(epoch):
+                    stage = schedule.at(epoch)
+                    self.enter_stage(stage)
+                    if stage.start_epoch == epoch > 0:
+                        self.log(f"stage {stage.index}: {stage.image_size} px, dropout {stage.dropout:.3f}, "
+                                 f"RandAugment {stage.randaug_magnitude:.2f}, Mixup alpha {stage.mixup_alpha:.3f}")
+                self.model.train()
+                stats, interrupted = self.train_epoch(epoch, stage, stop)
+                if interrupted:
+                    self.save_training_state(epoch, stats["step"], {k: stats[k] for k in (
+                        "loss_sum", "correct", "seen", "train_time")})
+                    status = "interrupted"
+                    self.log(f"stopped at epoch {epoch + 1}, step {stats['step']}/{self.steps_per_epoch}; "
+                             + (f"checkpoint saved to {self.checkpoint_path}; continue with --resume --out {cfg.out}"
+                                if self.checkpoint_path else "no output directory, nothing saved"))
+                    break
+                self.ranks.broadcast_buffers(*self.averaged_models())
+                self.history.append(self.epoch_record(epoch, stage, stats))
+                self.save_training_state(epoch + 1, 0, None)
+                if self.ranks.is_main and cfg.out is not None:
+                    atomic_write_json(Path(cfg.out) / HISTORY_FILE, self.history)
+                if self.ranks.is_main and self.on_epoch is not None:
+                    self.on_epoch(self.history[-1])
+                if self.ranks.any(stop.requested, self.device):
+                    status = "interrupted"
+                    self.log(f"stopped after epoch {epoch + 1}; continue with --resume --out {cfg.out}")
+                    break
+                if cfg.stop_after is not None and cfg.stop_after <= epoch + 1 < schedule.total_epochs:
+                    status = "stopped"
+                    self.log(f"stopped after epoch {epoch + 1} as asked (stop_after={cfg.stop_after}); "
+                             f"continue with --resume --out {cfg.out}")
+                    break
+        summary = self.finish(status)
+        return TrainResult(self.history, summary, self.reported_model.eval(),
+                           Path(cfg.out) if cfg.out is not None else None, status)
+
+    def averaged_models(self) -> list[nn.Module]:
+        return [self.model] + ([self.ema.module] if self.ema is not None else [])
+
+    def epoch_record(self, epoch: int, stage: Stage, stats: dict) -> dict[str, Any]:
+        loss_sum, correct, seen = stats["global"]
+        record = {
+            "epoch": epoch + 1,
+            "stage": stage.index,
+            "image_size": stage.image_size,
+            "dropout": stage.dropout,
+            "randaug_magnitude": stage.randaug_magnitude,
+            "randaug_applied": stage.randaug_magnitude > 0,  # both loaders apply it
+            "mixup_alpha": stage.mixup_alpha,
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,  # against the larger Mixup partner when mixing
+            "test_acc": self.test(self.reported_model).accuracy,
+            "images_per_s": seen / stats["train_time"],
+            "epoch_time": stats["train_time"],
+            "wall_time": self.elapsed(),
+            "lr": self.scheduler.get_last_lr()[0],
+            "compile_time": stats["compile_time"],
+        }
+        if self.ema is not None:
+            record["test_acc_raw"] = self.test(self.model).accuracy
+        self.log(epoch_line(record, self.schedule.total_epochs))
+        return record
+
+    # ------------------------------------------------------------------------------- finish
+    def finish(self, status: str) -> dict[str, Any]:
+        cfg, model = self.config, self.reported_model
+        summary = self.summary(status)
+        if status == "finished":
+            final = before = self.test(model)
+            if cfg.bn_reestimate:
+                batches = reestimate_batchnorm(model, self.bn_loader, bf16=self.bf16)
+                self.ranks.broadcast_buffers(model)  # the ranks computed the same statistics, up to GPU rounding
+                final = self.test(model)
+                summary["bn_reestimation"] = {
+                    "eval_size": self.eval_size, "batches": batches, "images": len(self.bn_loader.labels),
+                    "test_acc_before": before.accuracy, "test_acc_after": final.accuracy,
+                    "change": final.accuracy - before.accuracy}
+                self.log(f"BatchNorm statistics re-estimated at {self.eval_size} px on {batches} batches: "
+                         f"test accuracy {before.accuracy:.4f} -> {final.accuracy:.4f}")
+            summary.update(final_test_acc=final.accuracy, test_images=final.num_images,
+                           confusion_matrix=final.confusion.tolist(), wall_time_s=self.elapsed())
+            if self.ranks.enabled:
+                summary["ranks_identical"] = len(set(self.ranks.gather(state_digest(model)))) == 1
+                if not summary["ranks_identical"]:
+                    warnings.warn("the ranks ended with different weights", RuntimeWarning, stacklevel=2)
+            if self.ranks.is_main and cfg.out is not None and cfg.save_weights:
+                files = save_weights(model.state_dict(), Path(cfg.out) / WEIGHTS_FILE, WEIGHT_SHARD_BYTES)
+                summary["weights"] = [f.name for f in files]
+        if self.ranks.is_main and cfg.out is not None:
+            atomic_write_json(Path(cfg.out) / SUMMARY_FILE, summary)
+            if self.history:
+                data = "the CIFAR-10 sample" if self.data.is_sample else cfg.dataset
+                write_plots(cfg.out, self.history,
+                            f"{self.model.spec.name} on {data} ({len(self.train_split)} training images), "
+                            f"schedule {self.schedule.name or 'custom'}",
+                            summary.get("confusion_matrix"), self.classes, summary["final_test_acc"])
+        if status == "finished":
+            self.log(self.describe_result(summary))
+        return summary
+
+    def summary(self, status: str) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "status": status,
+            "command": self.command,
+            "model_name": cfg.model,
+            "model": self.model.spec.name,
+            "params": count_parameters(self.model),
+            "dataset": cfg.dataset,
+            "data": {"source": self.data.source, "is_sample": self.data.is_sample,
+                     "train_images": len(self.train_split), "test_images": len(self.test_split)},
+            "schedule": self.schedule.to_dict(),
+            "eval_size": self.eval_size,
+            **digest_history(self.history),
+            "setup_time_s": self.setup_time,
+            "compile_error": self.compile_error,
+            "optimizer": {"name": cfg.optimizer, "lr": self.optimizer.defaults["lr"],
+                          "weight_decay": self.optimizer.defaults["weight_decay"], "momentum": cfg.momentum,
+                          "lr_schedule": cfg.lr_schedule, "warmup_steps": self.lr_factor.warmup_steps,
+                          "steps_per_epoch": self.steps_per_epoch, "batch_size": cfg.batch_size,
+                          "label_smoothing": cfg.label_smoothing, "ema": cfg.ema,
+                          "ema_decay": cfg.ema_decay if cfg.ema else None},
+            "speed": {"loader": self.loader_kind, "bf16": self.bf16, "channels_last": self.channels_last,
+                      "compile": cfg.compile, "compile_mode": cfg.compile_mode if cfg.compile else None,
+                      "world_size": self.ranks.world_size},
+            "hardware": {**hardware(self.device), "world_size": self.ranks.world_size},
+            "config": cfg.to_dict(),
+            "finished": datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
+
+    # ------------------------------------------------------------------------------ messages
+    def describe(self) -> str:
+        cfg = self.config
+        loader = (" (crop, flip, resize, RandAugment, Mixup batched on the device)" if self.loader_kind == "device"
+                  else " (DataLoader, per-sample crop, flip, resize, RandAugment; Mixup per batch)")
+        lines = [
+            f"model {self.model.spec.name} ({count_parameters(self.model) / 1e6:.2f}M parameters), "
+            f"{self.num_classes} classes, on {self.device}"
+            + (f" x {self.ranks.world_size} processes" if self.ranks.enabled else ""),
+            f"data: {len(self.train_split)} training / {len(self.test_split)} test images from {self.data.source}"
+            + (" (THE BUNDLED SAMPLE)" if self.data.is_sample else ""),
+            f"loader: {self.loader_kind}{loader}; batch {cfg.batch_size}, {self.steps_per_epoch} steps per epoch; "
+            f"eval at {self.eval_size} px",
+            f"optimizer {cfg.optimizer} lr {self.optimizer.defaults['lr']:.3g} wd "
+            f"{self.optimizer.defaults['weight_decay']:g}, {cfg.lr_schedule} after {self.lr_factor.warmup_steps} "
+            f"warm-up steps, label smoothing {cfg.label_smoothing}" + (f", EMA {cfg.ema_decay}" if cfg.ema else "")
+            + f"; bf16 {self.bf16}, channels_last {self.channels_last}, compile {cfg.compile}",
+            self.schedule.table(),
+        ]
+        if cfg.out is not None:
+            where = f" (checkpoints in {cfg.checkpoint_dir})" if cfg.checkpoint_dir else ""
+            lines.append(f"writing to {cfg.out}{where}")
+        return "\n".join(lines)
+
+    def describe_result(self, summary: dict[str, Any]) -> str:
+        text = (f"done: test accuracy {summary['final_test_acc']:.4f} (best {summary['best_test_acc']:.4f} at epoch "
+                f"{summary['best_epoch']}) after {summary['epochs_done']} epochs, training "
+                f"{format_duration(summary['train_time_s'])}, wall {format_duration(summary['wall_time_s'])}")
+        if self.config.out is not None:
+            text += f"\nresults in {self.config.out}: {SUMMARY_FILE}, {HISTORY_FILE}, {CURVES_FILE}, {CONFUSION_FILE}"
+        return text
