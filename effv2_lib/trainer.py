@@ -565,7 +565,7 @@ class Trainer:
             "train_loss": loss_sum / seen,
             "train_acc": correct / seen,  # against the larger Mixup partner when mixing
             "test_acc": self.test(self.reported_model).accuracy,
-            "images_per_s": seen / stats["train_time"],
+            "images_per_s": seen / max(1e-9, stats["train_time"] - (stats["compile_time"] or 0.0)),  # w/o compiling
             "epoch_time": stats["train_time"],
             "wall_time": self.elapsed(),
             "lr": self.scheduler.get_last_lr()[0],
