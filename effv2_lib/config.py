@@ -90,18 +90,20 @@ class TrainConfig:
         for name, allowed in (("model", MODEL_NAMES), ("dataset", tuple(NORMALIZATION)), ("optimizer", OPTIMIZERS),
                               ("lr_schedule", LR_SCHEDULES), ("loader", LOADERS)):
             check_choice(name, getattr(self, name), allowed)
+        # Checked values are stored as plain int / float: numpy scalars would not go into run.json.
         for name, low in (("epochs", 1), ("fixed_size", 8), ("subset_per_class", 1), ("test_subset_per_class", 1),
                           ("num_workers", 0), ("eval_size", 8), ("sync_every", 1), ("stop_after", 1)):
-            check_int(name, getattr(self, name), low, optional=True)
+            setattr(self, name, check_int(name, getattr(self, name), low, optional=True))
         for name, low in (("batch_size", 1), ("bn_batches", 1), ("seed", 0)):
-            check_int(name, getattr(self, name), low)
-        check_real("lr", self.lr, 0, math.inf, allowed="a number > 0", optional=True)
+            setattr(self, name, check_int(name, getattr(self, name), low))
+        self.lr = check_real("lr", self.lr, 0, math.inf, allowed="a number > 0", optional=True)
         if self.lr == 0:
             raise ValueError("lr must be a number > 0, got 0")
-        check_real("weight_decay", self.weight_decay, 0, math.inf, allowed="a number >= 0", optional=True)
-        check_real("warmup_epochs", self.warmup_epochs, 0, math.inf, allowed="a number >= 0")
+        self.weight_decay = check_real("weight_decay", self.weight_decay, 0, math.inf, allowed="a number >= 0",
+                                       optional=True)
+        self.warmup_epochs = check_real("warmup_epochs", self.warmup_epochs, 0, math.inf, allowed="a number >= 0")
         for name in ("momentum", "label_smoothing", "ema_decay"):
-            check_real(name, getattr(self, name), 0, 1)
+            setattr(self, name, check_real(name, getattr(self, name), 0, 1))
         if self.schedule is None:
             check_choice("preset", self.preset, PRESETS)
         if self.sample and (self.data_dir is not None or self.download):

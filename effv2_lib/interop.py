@@ -1,7 +1,7 @@
 """Weight exchange with torchvision's EfficientNetV2, tensor by tensor.
 
 Equal parameter counts prove little: the seed article's code matches every
-count yet never downsamples in its Fused-MBConv stages (DESIGN.md section 7).
+count yet never downsamples in its Fused-MBConv stages.
 Copying torchvision's weights into our network and comparing outputs proves the
 two compute the same function; ``tests/test_interop.py`` does so for S, M and L.
 

@@ -228,11 +228,11 @@ class EfficientNetV2(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The official initialisation, as in torchvision (DESIGN.md section 2)."""
+        """The official initialisation, as in torchvision's EfficientNet."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 # PyTorch's fan_out for a depthwise conv is C * k * k; TF uses k * k.
-                # We follow torchvision (DESIGN.md section 2).
+                # We follow torchvision, so that both initialise alike.
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)

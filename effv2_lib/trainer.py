@@ -8,7 +8,7 @@ the trainer switches the training image size S_i, the head dropout rate gamma_i
 size before the final evaluation (FixRes, Touvron et al. 2019; accuracy recorded before and
 after). The optimizer, learning-rate schedule and EMA are in `effv2_lib.optim`.
 
-Speed (what makes small-image training fast on a GPU, DESIGN.md section 5): the data stay on the
+Speed (at CIFAR sizes a GPU is bound by launches and data movement, not FLOPs): the data stay on the
 device (`effv2_lib.augment.DeviceLoader`: crop, flip, resize, per-sample RandAugment and Mixup
 batched there), bf16 autocast, channels_last, cudnn.benchmark, optional torch.compile (one
 recompilation per stage size, its cost recorded), and no host-device synchronization in the
@@ -130,7 +130,8 @@ class _DeviceTally:
 
     def __init__(self, device: torch.device, partial: dict[str, Any] | None) -> None:
         partial = partial or {}
-        self.loss_sum = torch.tensor(partial.get("loss_sum", 0.0), device=device, dtype=torch.float64)
+        exact = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.loss_sum = torch.tensor(partial.get("loss_sum", 0.0), device=device, dtype=exact)
         self.correct = torch.tensor(partial.get("correct", 0), device=device, dtype=torch.int64)
         self.seen = int(partial.get("seen", 0))  # a Python int: batch sizes are known on the host
         self.first_bad = torch.full((), self.NEVER, device=device, dtype=torch.int64)
@@ -279,14 +280,15 @@ class Trainer:
                              f"is smaller than one batch of {cfg.batch_size}; lower batch_size")
         self.test_loader = DeviceLoader(self.ranks.shard(self.test_split, shard_seed, equal=False),
                                         1024 if device.type == "cuda" else 250, device=device,
-                                        image_size=self.eval_size, train=False, **norm)
+                                        image_size=self.eval_size, train=False,
+                                        generator=torch.Generator(device=device), **norm)
         # FixRes: bn_batches batches of unaugmented training images, the same on every rank.
         count = min(len(self.train_split), cfg.bn_batches * self.rank_batch)
         rows = torch.randperm(len(self.train_split), generator=torch.Generator().manual_seed(
             derived_seed(cfg.seed, _SEED_BN)))[:count].sort().values
         bn_split = CifarSplit(self.train_split.images[rows], self.train_split.labels[rows], self.classes)
         self.bn_loader = DeviceLoader(bn_split, self.rank_batch, device=device, image_size=self.eval_size,
-                                      train=False, **norm)
+                                      train=False, generator=torch.Generator(device=device), **norm)
 
     # ------------------------------------------------------------------ run directory, resume
     @property
@@ -305,7 +307,7 @@ class Trainer:
             try:
                 prepare_run_dir(cfg.out, run, resume=cfg.resume, overwrite=cfg.overwrite, compare=compare,
                                 checkpoint=self.checkpoint_path)
-            except (RunDirectoryError, ValueError) as exc:
+            except Exception as exc:  # raised below, after the other ranks have heard of it
                 error = exc
         message = self.ranks.from_main(None if error is None else str(error))  # every rank fails, or none
         if error is not None:
@@ -474,13 +476,18 @@ class Trainer:
                     interrupted = True
                     break
         self.synchronize()
-        train_time += time.perf_counter() - started
+        loop_time = time.perf_counter() - started  # this invocation's share of the epoch
+        train_time += loop_time
+        steady_time = train_time  # the time throughput is measured on: without compiling
         done = step + 1 - resume_at
-        if compile_time is not None and done > 1:  # compile time = first step's time less a usual step's
-            compile_time = max(0.0, compile_time - train_time / done)
-        stats = {**tally.read(), "train_time": train_time, "step": step + 1, "compile_time": compile_time}
+        if compile_time is not None and done > 1:
+            # compile time = the compiling step's time less a usual step's (measured on the others)
+            compile_time = max(0.0, compile_time - (loop_time - compile_time) / (done - 1))
+            steady_time -= compile_time
+        stats = {**tally.read(), "train_time": train_time, "steady_time": steady_time, "step": step + 1,
+                 "compile_time": compile_time}
         totals = self.ranks.sum(torch.tensor([stats["loss_sum"], stats["correct"], stats["seen"]],
-                                             dtype=torch.float64, device=self.device))
+                                             dtype=tally.loss_sum.dtype, device=self.device))
         stats["global"] = totals.tolist()
         return stats, interrupted
 
@@ -565,7 +572,7 @@ class Trainer:
             "train_loss": loss_sum / seen,
             "train_acc": correct / seen,  # against the larger Mixup partner when mixing
             "test_acc": self.test(self.reported_model).accuracy,
-            "images_per_s": seen / max(1e-9, stats["train_time"] - (stats["compile_time"] or 0.0)),  # w/o compiling
+            "images_per_s": seen / stats["steady_time"],  # compiling excluded
             "epoch_time": stats["train_time"],
             "wall_time": self.elapsed(),
             "lr": self.scheduler.get_last_lr()[0],
