@@ -17,6 +17,7 @@ from torch import nn
 
 import effv2_lib.config as config_module
 import effv2_lib.train as train_module
+import effv2_lib.trainer as trainer_module
 from effv2_lib.checkpoint import RunDirectoryError, load_checkpoint
 from effv2_lib.data import load_cifar, subset
 from effv2_lib.evaluate import evaluate, reestimate_batchnorm
@@ -182,6 +183,39 @@ def test_bf16_autocast_with_reads_every_few_steps(tiny_data):
     result = train(config(schedule=one_epoch, bf16=True, channels_last=True, sync_every=3, bn_reestimate=False),
                    progress=False, data=tiny_data)
     assert result.summary["speed"]["bf16"] is True and math.isfinite(result.history[0]["train_loss"])
+
+
+def test_the_training_step_reads_nothing_back_to_the_host(tiny_data, monkeypatch):
+    # On a GPU every read of a tensor's value (item, tolist, bool, float, int) waits for the
+    # queued work; the step and its bookkeeping must queue only. Counted on the CPU, same code.
+    reads, inside = [], [False]
+
+    def counting(name, method):
+        def wrapper(self, *args, **kwargs):
+            if inside[0]:
+                reads.append(name)
+            return method(self, *args, **kwargs)
+        return wrapper
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+
+    def watched(function):
+        def wrapper(*args, **kwargs):
+            inside[0] = True
+            try:
+                return function(*args, **kwargs)
+            finally:
+                inside[0] = False
+        return wrapper
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", watched(trainer_module.Trainer.train_step))
+    monkeypatch.setattr(trainer_module._DeviceTally, "add", watched(trainer_module._DeviceTally.add))
+    steps = []
+    two_stages = replace(SCHEDULE, total_epochs=2, num_stages=2)  # the second one with Mixup's soft targets
+    train(config(schedule=two_stages, ema=True, sync_every=50, bn_reestimate=False), progress=False,
+          data=tiny_data, on_step=lambda epoch, step: steps.append(step))
+    assert len(steps) == 10 and reads == []
 
 
 def test_a_different_run_is_not_overwritten(tiny_data, tmp_path):
