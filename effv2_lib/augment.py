@@ -240,7 +240,8 @@ def batched_rand_augment(images: torch.Tensor, level: float, num_ops: int = 2,
     Why groups, not masks: applying every (op, sign) pair to the whole batch and keeping each
     image's own result with ``torch.where`` needs no sync of its own but does 22x the op work
     per slot (23 groups, one of them Identity). Grouping needs the group sizes on the host: one
-    sync per batch (a single ``.tolist()`` of all slots' counts, not a ``nonzero`` per group).
+    sync per call (a single ``.tolist()`` of all slots' counts, not a ``nonzero`` per group;
+    `DeviceLoader` makes one call per chunk of batches).
     And the masked design would not be sync-free on CUDA anyway: torchvision's affine and
     rotate build their matrix, grid scale and fill tensors from Python lists
     (``torch.tensor(..., device=...)``, a blocking copy that waits for the stream: 3 per call)
@@ -278,7 +279,7 @@ def batched_rand_augment(images: torch.Tensor, level: float, num_ops: int = 2,
     order = groups.argsort(dim=1, stable=True)                       # [N_ops, B], sorted by group
     counts = torch.zeros(num_ops, 2 * len(table), dtype=torch.long, device=images.device)
     counts.scatter_add_(1, groups, torch.ones_like(groups))          # [N_ops, 2K] images per group
-    edges = [[0, *accumulate(row)] for row in counts.tolist()]       # the one host sync per batch
+    edges = [[0, *accumulate(row)] for row in counts.tolist()]       # the one host sync per call
     out = images.clone()
     for slot in range(num_ops):
         for k, (op, magnitude, signed) in enumerate(table):          # group g: order[slot, e[g]:e[g + 1]]
@@ -401,17 +402,24 @@ def set_dropout(model: nn.Module, rate: float) -> int:
 class DeviceLoader:
     """Batches of a whole CIFAR split kept on one device, augmented there (airbench style).
 
-    The uint8 images [N, 3, 32, 32] move to `device` once. Each epoch draws a permutation;
-    each batch gathers its images with a per-sample random crop (a `padding`-px window shift
-    with reflected borders, so no black frame, which at 16 px would be an eighth of the image)
-    and a per-sample horizontal flip in a single indexing operation, resizes them to the stage
-    size (uint8, bilinear, antialiased when shrinking, as `train_transform`), applies
-    `batched_rand_augment` at the stage magnitude (per-sample ops), converts to float,
-    normalizes and applies `mixup_batch` at the stage alpha: the order of `train_transform`.
-    All randomness comes from `generator` on the device. At RandAugment magnitude 0 nothing
-    reads a device value back to the host, so iteration does not synchronize; with RandAugment
-    on CUDA, grouping the batch by op costs one sync per batch and torchvision's geometric ops
-    add their own (see `batched_rand_augment`).
+    The uint8 images [N, 3, 32, 32] move to `device` once. Each epoch draws a permutation and
+    walks it in chunks of about `augment_chunk` images (whole batches). A chunk gathers its
+    images with a per-sample random crop (a `padding`-px window shift with reflected borders,
+    so no black frame, which at 16 px would be an eighth of the image) and a per-sample
+    horizontal flip in a single indexing operation, resizes them to the stage size (uint8,
+    bilinear, antialiased when shrinking, as `train_transform`) and applies
+    `batched_rand_augment` at the stage magnitude (per-sample ops). Each batch of the chunk is
+    then converted to float, normalized and mixed by `mixup_batch` at the stage alpha: the
+    order of `train_transform`. All randomness comes from `generator` on the device.
+
+    Why chunks: at RandAugment magnitude 0 nothing reads a device value back to the host, so
+    iteration never synchronizes. With RandAugment on CUDA it does: grouping by op reads the
+    group sizes, and torchvision's geometric ops copy small tensors from the host (see
+    `batched_rand_augment`), each a wait for everything queued, training steps included. Done
+    per chunk, these waits come once per augment_chunk / batch_size steps instead of at every
+    step, and the steps in between queue up freely. (Reasoned, not yet timed on a GPU;
+    ``python -m effv2_lib.bench_data`` counts the syncs there. The chunk size is a memory
+    trade: 8,192 images at 32 px are 25 MB of uint8.)
 
     Args:
         split: a CifarSplit, or anything with ``.images`` uint8 [N, 3, 32, 32], ``.labels`` [N]
@@ -432,6 +440,8 @@ class DeviceLoader:
         dtype: float dtype of the yielded images.
         generator: a torch.Generator on `device`; by default one seeded from torch's global
             generator, so ``torch.manual_seed`` makes runs repeatable.
+        augment_chunk: images cropped, flipped, resized and RandAugmented together (rounded
+            down to whole batches, at least one).
     """
 
     def __init__(self, split, batch_size: int, *, device=None, image_size=CIFAR_SIZE,
@@ -440,8 +450,10 @@ class DeviceLoader:
                  padding: int = DEFAULT_PADDING, mean=CIFAR10_MEAN, std=CIFAR10_STD,
                  channels_last: bool = False, dtype: torch.dtype = torch.float32,
                  generator: Optional[torch.Generator] = None,
-                 randaug_magnitude: Optional[float] = None, randaug_num_ops: int = 2) -> None:
+                 randaug_magnitude: Optional[float] = None, randaug_num_ops: int = 2,
+                 augment_chunk: int = 8192) -> None:
         batch_size = check_int("batch_size", batch_size, 1)
+        self.chunk_batches = max(1, check_int("augment_chunk", augment_chunk, 1) // batch_size)
         self.randaug_num_ops = check_int("randaug_num_ops", randaug_num_ops, 0)
         if check_int("padding", padding, 0) >= CIFAR_SIZE:
             raise ValueError(f"padding must be < {CIFAR_SIZE} px, got {padding!r}")
@@ -501,19 +513,28 @@ class DeviceLoader:
         return n // b if self.drop_last else -(-n // b)
 
     def __iter__(self):
-        n = len(self.labels)
+        n, b = len(self.labels), self.batch_size
         order = (torch.randperm(n, device=self.device, generator=self.generator) if self.shuffle
                  else torch.arange(n, device=self.device))
-        for i in range(len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]     # [B]
-            yield self._batch(index)
+        batches = len(self)
+        for first in range(0, batches, self.chunk_batches):
+            last = min(batches, first + self.chunk_batches)
+            index = order[first * b:last * b]                               # [C], the chunk's images
+            images = self._augment(index)                                   # uint8 [C, 3, S, S]
+            for start in range(0, len(index), b):
+                yield self._batch(images[start:start + b], index[start:start + b])
 
-    def _batch(self, index: torch.Tensor):
-        images = self._crop_and_flip(index)                              # uint8 [B, 3, 32, 32]
-        if self.image_size != CIFAR_SIZE:                                  # uint8 [B, 3, S, S]
+    def _augment(self, index: torch.Tensor) -> torch.Tensor:
+        """Crop, flip, resize to S and RandAugment the images `index` [C]: uint8 [C, 3, S, S]."""
+        images = self._crop_and_flip(index)                              # uint8 [C, 3, 32, 32]
+        if self.image_size != CIFAR_SIZE:                                  # uint8 [C, 3, S, S]
             images = TF.resize(images, [self.image_size, self.image_size], antialias=True)
         if self.train:                                                     # per-sample ops at S, as on the CPU
             images = batched_rand_augment(images, self.randaug_magnitude, self.randaug_num_ops, self.generator)
+        return images
+
+    def _batch(self, images: torch.Tensor, index: torch.Tensor):
+        """Float, normalized and mixed: images uint8 [B, 3, S, S] of the samples `index` [B]."""
         images = images.to(self.dtype) * self.scale + self.shift           # normalized [B, 3, S, S]
         labels = self.labels[index]                                        # int64 [B]
         if self.train:

@@ -14,7 +14,8 @@ A second table times one RandAugment call on a batch, grouped (`batched_rand_aug
 (op, sign) group gathered, transformed, scattered back) against masked (every op on the whole
 batch, each image keeping its own with ``torch.where``), the design choice documented in
 `batched_rand_augment`; both give identical images, which is checked. On CUDA it also counts the
-host-device syncs per batch (``torch.cuda.set_sync_debug_mode``).
+host-device syncs per batch (``torch.cuda.set_sync_debug_mode``), averaged over an epoch: the
+loader augments chunks of batches at once, so the syncs come once per chunk.
 
 Run::
 

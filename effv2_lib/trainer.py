@@ -13,8 +13,9 @@ device (`effv2_lib.augment.DeviceLoader`: crop, flip, resize, per-sample RandAug
 batched there), bf16 autocast, channels_last, cudnn.benchmark, optional torch.compile (one
 recompilation per stage size, its cost recorded), and no host-device synchronization in the
 training step: loss and accuracy accumulate on the device (`_DeviceTally`) and are read every
-`sync_every` steps (default 50 on CUDA) and at the end of each epoch. (Batched RandAugment reads
-its group sizes once per batch; see `effv2_lib.augment.batched_rand_augment`.)
+`sync_every` steps (default 50 on CUDA) and at the end of each epoch. (With RandAugment on, the
+device loader waits for the GPU a few dozen times per chunk of about 8,192 images, not per step:
+see `effv2_lib.augment.DeviceLoader`.)
 
 Nothing lost: a checkpoint every epoch, written atomically (`effv2_lib.checkpoint`), holds the
 model, optimizer, LR scheduler, EMA, every random generator, the schedule and the position

@@ -328,12 +328,14 @@ def test_device_loader_shapes_and_targets_per_stage(sample, size):
     assert torch.allclose(targets.sum(1), torch.ones(32))
 
 
-def test_device_loader_covers_every_index_once_per_epoch():
+@pytest.mark.parametrize("augment_chunk", [8192, 24])  # one chunk; chunks of 3 batches, the last one short
+def test_device_loader_covers_every_index_once_per_epoch(augment_chunk):
     # image i is the constant i, so any crop or flip of it still says which image it was
     images = torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1).expand(50, 3, 32, 32).contiguous()
     split = CifarSplit(images, torch.arange(50) % 10, [str(c) for c in range(10)])
     for drop_last, expected_batches in ((False, 7), (True, 6)):
-        epoch = loader(split, batch_size=8, drop_last=drop_last)
+        epoch = loader(split, batch_size=8, drop_last=drop_last, augment_chunk=augment_chunk)
+        assert len(list(epoch)) == expected_batches
         assert len(epoch) == expected_batches
         seen = []
         for batch, labels in epoch:
@@ -341,7 +343,8 @@ def test_device_loader_covers_every_index_once_per_epoch():
             seen += pixels.mean((1, 2, 3)).round().long().tolist()
             assert torch.equal(labels, torch.tensor(seen[-len(labels):]) % 10)
         assert len(seen) == len(set(seen)) == (50 if not drop_last else 48)
-    eval_order = [int(y) for _, labels in loader(split, batch_size=8, train=False) for y in labels]
+    eval_order = [int(y) for _, labels in loader(split, batch_size=8, train=False, augment_chunk=augment_chunk)
+                  for y in labels]
     assert eval_order == (torch.arange(50) % 10).tolist()
 
 
@@ -397,13 +400,16 @@ def test_device_loader_randaugments_each_sample_at_the_stage_size(sample, monkey
     def spy(images, level, num_ops, generator):                        # records, changes nothing
         calls.append((images.dtype, tuple(images.shape), level, num_ops))
         return images
-    plain = next(iter(loader(sample.train, image_size=24)))[0]
+    plain = next(iter(loader(sample.train, image_size=24, augment_chunk=100)))[0]
     monkeypatch.setattr(augment, "batched_rand_augment", spy)
-    spied = next(iter(loader(sample.train, image_size=24, randaug_magnitude=6, randaug_num_ops=3)))[0]
-    assert calls == [(torch.uint8, (32, 3, 24, 24), 6.0, 3)]           # after resize, before float
-    assert torch.equal(spied, plain)
+    spied = [images for images, _ in loader(sample.train, image_size=24, randaug_magnitude=6, randaug_num_ops=3,
+                                            augment_chunk=100)]
+    # once per chunk of 3 batches of 32 (augment_chunk rounded down), after resize, before float
+    assert len(spied) == 78 and len(calls) == 26
+    assert set(calls) == {(torch.uint8, (96, 3, 24, 24), 6.0, 3)}
+    assert torch.equal(spied[0], plain)
     monkeypatch.undo()
-    augmented = next(iter(loader(sample.train, image_size=24, randaug_magnitude=6)))[0]
+    augmented = next(iter(loader(sample.train, image_size=24, randaug_magnitude=6, augment_chunk=100)))[0]
     assert augmented.shape == plain.shape and augmented.dtype == plain.dtype
     changed = (augmented != plain).flatten(1).any(1)                    # same crops, then RandAugment
     assert int(changed.sum()) > 0.8 * len(changed)
@@ -430,3 +436,33 @@ def test_device_loader_channels_last_and_validation(sample):
         loader(sample.train, image_size=4)
     with pytest.raises(ValueError, match="mixup_alpha"):
         loader(sample.train).set_stage(32, -1.0)
+
+
+def test_device_loader_reads_back_only_once_per_chunk(sample, monkeypatch):
+    # Every read of a device tensor's value waits for the GPU; count them (same code on the CPU).
+    # The RandAugment op table is left out: it reads torchvision's magnitude tables, which live
+    # in host memory even when training on a GPU.
+    reads, in_table = [], [False]
+
+    def counting(name, method):
+        def wrapper(self, *args, **kwargs):
+            if not in_table[0]:
+                reads.append(name)
+            return method(self, *args, **kwargs)
+        return wrapper
+
+    def table_from_host(*args):
+        in_table[0] = True
+        try:
+            return op_table(*args)
+        finally:
+            in_table[0] = False
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+    op_table = augment.randaug_op_table
+    monkeypatch.setattr(augment, "randaug_op_table", table_from_host)
+    settings = dict(image_size=24, mixup_alpha=0.2, augment_chunk=320)  # 10 batches of 32 per chunk
+    assert len(list(loader(sample.train, **settings))) == 78 and reads == []
+    assert len(list(loader(sample.train, randaug_magnitude=5, **settings))) == 78
+    assert reads == ["tolist"] * 8  # RandAugment's group sizes, once for each of the 8 chunks
