@@ -453,7 +453,7 @@ class DeviceLoader:
                  randaug_magnitude: Optional[float] = None, randaug_num_ops: int = 2,
                  augment_chunk: int = 8192) -> None:
         batch_size = check_int("batch_size", batch_size, 1)
-        self.chunk_batches = max(1, check_int("augment_chunk", augment_chunk, 1) // batch_size)
+        self.augment_chunk = check_int("augment_chunk", augment_chunk, 1)
         self.randaug_num_ops = check_int("randaug_num_ops", randaug_num_ops, 0)
         if check_int("padding", padding, 0) >= CIFAR_SIZE:
             raise ValueError(f"padding must be < {CIFAR_SIZE} px, got {padding!r}")
@@ -516,9 +516,9 @@ class DeviceLoader:
         n, b = len(self.labels), self.batch_size
         order = (torch.randperm(n, device=self.device, generator=self.generator) if self.shuffle
                  else torch.arange(n, device=self.device))
-        batches = len(self)
-        for first in range(0, batches, self.chunk_batches):
-            last = min(batches, first + self.chunk_batches)
+        batches, chunk_batches = len(self), max(1, self.augment_chunk // b)
+        for first in range(0, batches, chunk_batches):
+            last = min(batches, first + chunk_batches)
             index = order[first * b:last * b]                               # [C], the chunk's images
             images = self._augment(index)                                   # uint8 [C, 3, S, S]
             for start in range(0, len(index), b):

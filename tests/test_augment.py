@@ -458,7 +458,7 @@ def test_device_loader_reads_back_only_once_per_chunk(sample, monkeypatch):
         finally:
             in_table[0] = False
 
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"):
         monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
     op_table = augment.randaug_op_table
     monkeypatch.setattr(augment, "randaug_op_table", table_from_host)

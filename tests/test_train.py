@@ -188,7 +188,7 @@ def test_bf16_autocast_with_reads_every_few_steps(tiny_data):
 def test_the_training_step_reads_nothing_back_to_the_host(tiny_data, monkeypatch):
     # On a GPU every read of a tensor's value (item, tolist, bool, float, int) waits for the
     # queued work; the step and its bookkeeping must queue only. Counted on the CPU, same code.
-    reads, inside = [], [False]
+    reads, inside, calls = [], [False], []
 
     def counting(name, method):
         def wrapper(self, *args, **kwargs):
@@ -197,11 +197,12 @@ def test_the_training_step_reads_nothing_back_to_the_host(tiny_data, monkeypatch
             return method(self, *args, **kwargs)
         return wrapper
 
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"):
         monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
 
     def watched(function):
         def wrapper(*args, **kwargs):
+            calls.append(function.__name__)
             inside[0] = True
             try:
                 return function(*args, **kwargs)
@@ -215,7 +216,7 @@ def test_the_training_step_reads_nothing_back_to_the_host(tiny_data, monkeypatch
     two_stages = replace(SCHEDULE, total_epochs=2, num_stages=2)  # the second one with Mixup's soft targets
     train(config(schedule=two_stages, ema=True, sync_every=50, bn_reestimate=False), progress=False,
           data=tiny_data, on_step=lambda epoch, step: steps.append(step))
-    assert len(steps) == 10 and reads == []
+    assert len(steps) == 10 and calls == ["train_step", "add"] * 10 and reads == []
 
 
 def test_a_different_run_is_not_overwritten(tiny_data, tmp_path):
