@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Measure on one GPU: the throughput benchmark, then full CIFAR-10 training with progressive
+# Measure on one GPU: a CUDA-only test (no host-device sync in the training step), the
+# throughput benchmark, then full CIFAR-10 training with progressive
 # learning (preset cifar10: 40 epochs, 16 -> 32 px in 4 stages) and the fixed-size baseline
 # (40 epochs at 32 px, the final stage's regularization). Built for an H200 without network
 # access; the whole script keeps to GPU_RUN_BUDGET_S seconds (default 540).
@@ -63,6 +64,12 @@ nproc
 step "data: unpack $PACK"
 if [ ! -f "$WORK/data/train.npz" ]; then
     "$PY" "$PACK/unpack.py" "$WORK/data" || { echo "cannot unpack $PACK"; exit 1; }
+fi
+
+if [ "$TINY" != 1 ]; then
+    step "CUDA-only test: no host-device sync in the training step"
+    timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_train.py -k never_waits -rs \
+        || echo "sync test FAILED or cut short (rc $?)"
 fi
 
 step "benchmark (eager)"

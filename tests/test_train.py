@@ -19,11 +19,11 @@ import effv2_lib.config as config_module
 import effv2_lib.train as train_module
 import effv2_lib.trainer as trainer_module
 from effv2_lib.checkpoint import RunDirectoryError, load_checkpoint
+from effv2_lib.config import resolve_schedule
 from effv2_lib.data import load_cifar, subset
 from effv2_lib.evaluate import evaluate, reestimate_batchnorm
-from effv2_lib.schedule import ProgressiveSchedule
-from effv2_lib.config import resolve_schedule
 from effv2_lib.optim import ModelEMA, WarmupThenDecay, parameter_groups
+from effv2_lib.schedule import ProgressiveSchedule
 from effv2_lib.train import NonFiniteLossError, TrainConfig, auto_config, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,6 +217,28 @@ def test_the_training_step_reads_nothing_back_to_the_host(tiny_data, monkeypatch
     train(config(schedule=two_stages, ema=True, sync_every=50, bn_reestimate=False), progress=False,
           data=tiny_data, on_step=lambda epoch, step: steps.append(step))
     assert len(steps) == 10 and calls == ["train_step", "add"] * 10 and reads == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA check of the test above; needs a GPU")
+def test_the_training_step_never_waits_for_the_gpu(tiny_data, monkeypatch):
+    # On CUDA, PyTorch itself can flag every host-device synchronization: make each one an error
+    # inside the step and its bookkeeping (this also catches what the counting test cannot see,
+    # such as boolean-mask indexing).
+    def strict(function):
+        def wrapper(*args, **kwargs):
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return function(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return wrapper
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", strict(trainer_module.Trainer.train_step))
+    monkeypatch.setattr(trainer_module._DeviceTally, "add", strict(trainer_module._DeviceTally.add))
+    two_stages = replace(SCHEDULE, total_epochs=2, num_stages=2)
+    result = train(config(schedule=two_stages, device="cuda", ema=True, sync_every=50, bn_reestimate=False),
+                   progress=False, data=tiny_data)
+    assert result.status == "finished" and len(result.history) == 2
 
 
 def test_a_different_run_is_not_overwritten(tiny_data, tmp_path):
