@@ -38,11 +38,7 @@ import torchvision
 from .augment import (RANDAUG_FILL, RANDAUG_OPS, DeviceLoader, batched_rand_augment,
                       draw_randaug_groups, mixup_batch, randaug_op_table, train_transform)
 from .data import NORMALIZATION, SampleDataWarning, load_cifar
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from .runtime import synchronize
 
 
 def cpu_path_rate(split, image_size: int, randaug: float, mixup_alpha: float, batch_size: int,
@@ -59,13 +55,13 @@ def cpu_path_rate(split, image_size: int, randaug: float, mixup_alpha: float, ba
             images, labels = mixup_batch(images, labels, mixup_alpha, len(split.classes), generator)
             images = images.to(device, non_blocking=True)
             if start is None:                   # exclude worker start-up and the first batch
-                _synchronize(device)
+                synchronize(device)
                 start = time.perf_counter()
                 continue
             images_done += len(images)
             if images_done >= min_images:
                 break
-    _synchronize(device)
+    synchronize(device)
     return images_done / (time.perf_counter() - start)
 
 
@@ -78,14 +74,14 @@ def device_path_rate(split, image_size: int, randaug: float, mixup_alpha: float,
                           generator=torch.Generator(device=device).manual_seed(0))
     for _ in loader:                         # warm-up: allocator, kernels, caches
         pass
-    _synchronize(device)
+    synchronize(device)
     images_done, start = 0, time.perf_counter()
     while images_done < min_images:
         for images, _ in loader:
             images_done += len(images)
             if images_done >= min_images:
                 break
-    _synchronize(device)
+    synchronize(device)
     return images_done / (time.perf_counter() - start)
 
 
@@ -142,10 +138,10 @@ def randaug_ms_per_batch(split, image_size: int, level: float, batch_size: int, 
     for augment in (batched_rand_augment, masked_rand_augment):
         generator, best = seeded(), math.inf
         for _ in range(repeats):
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             augment(images, level, 2, generator)
-            _synchronize(device)
+            synchronize(device)
             best = min(best, time.perf_counter() - start)
         timings.append(1000 * best)
     return tuple(timings)

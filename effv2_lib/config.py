@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from ._checks import check_choice, check_int, check_real
-from .data import DATA_DIR, DATA_ENV_VAR, NORMALIZATION
+from .data import DATA_ENV_VAR, NORMALIZATION, torchvision_folder
 from .model import MODEL_NAMES
 from .optim import LR_SCHEDULES, OPTIMIZERS
 from .runtime import pick_device
@@ -157,8 +157,7 @@ def smoke_config(config: TrainConfig) -> TrainConfig:
 def _full_data_available(dataset: str, data_dir: str | None) -> bool:
     if data_dir or os.environ.get(DATA_ENV_VAR):
         return True
-    folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[dataset]
-    return (DATA_DIR / folder).is_dir()
+    return torchvision_folder(dataset).is_dir()
 
 
 def auto_config(device: str | None = None, data_dir: str | None = None) -> tuple[TrainConfig, str]:

@@ -246,12 +246,21 @@ def _load_directory(name: str, root: Path, origin: str) -> CifarData:
                             f"{', '.join(looked_at)}. To get it: {HOW_TO_GET_DATA}.")
 
 
-def _load_torchvision(name: str, download: bool, timeout: float) -> Optional[CifarData]:
-    """Source 2: torchvision's CIFAR files under data/; None when absent and not downloading."""
+def _torchvision_dataset(name: str):
     from torchvision import datasets
 
-    dataset_cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
-    folder = DATA_DIR / dataset_cls.base_folder
+    return {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
+
+
+def torchvision_folder(name: str) -> Path:
+    """Where torchvision's copy of CIFAR `name` lives (or would, once downloaded) under data/."""
+    return DATA_DIR / _torchvision_dataset(name).base_folder
+
+
+def _load_torchvision(name: str, download: bool, timeout: float) -> Optional[CifarData]:
+    """Source 2: torchvision's CIFAR files under data/; None when absent and not downloading."""
+    dataset_cls = _torchvision_dataset(name)
+    folder = torchvision_folder(name)
     if not folder.exists() and not download:
         return None
     try:

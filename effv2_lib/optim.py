@@ -107,8 +107,8 @@ class ModelEMA:
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
-        if not 0 <= decay < 1:
-            raise ValueError(f"decay must be in [0, 1), got {decay!r}")
+        # [0, 1): the largest float below 1 is the upper bound (1 would never move the average)
+        decay = check_real("decay", decay, 0, math.nextafter(1.0, 0.0), allowed="a number in [0, 1)")
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
         self.updates = 0

@@ -20,7 +20,7 @@ from torch import nn
 from ._checks import check_int
 
 __all__ = ["is_smoke", "pick_device", "seed_everything", "derived_seed", "hardware", "count_parameters",
-           "train_throughput"]
+           "synchronize", "train_throughput"]
 
 
 def is_smoke() -> bool:
@@ -81,7 +81,8 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op elsewhere. Timings need it on a GPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -125,9 +126,9 @@ def train_throughput(
 
     for _ in range(warmup):
         step()
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    synchronize(device)
     return batch_size * steps / (time.perf_counter() - start)

@@ -63,7 +63,7 @@ from .evaluate import evaluate, reestimate_batchnorm
 from .model import build_model
 from .optim import ModelEMA, WarmupThenDecay, build_optimizer
 from .report import digest_history, epoch_line, format_duration, write_plots
-from .runtime import count_parameters, derived_seed, hardware, seed_everything
+from .runtime import count_parameters, derived_seed, hardware, seed_everything, synchronize
 from .schedule import ProgressiveSchedule, Stage
 
 __all__ = ["Trainer", "TrainResult", "NonFiniteLossError"]
@@ -411,7 +411,7 @@ class Trainer:
 
     def compiling_step(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, float]:
         """The first step at a new image size (torch.compile recompiles): timed, eager on failure."""
-        self.synchronize()
+        synchronize(self.device)
         start = time.perf_counter()
         try:
             logits, loss = self.train_step(images, targets)
@@ -422,13 +422,9 @@ class Trainer:
             self.log(f"WARNING: torch.compile failed ({self.compile_error[:300]}); training eagerly")
             self.forward = self.train_module
             logits, loss = self.train_step(images, targets)
-        self.synchronize()
+        synchronize(self.device)
         self.compiled_sizes.add(images.shape[-1])
         return logits, loss, time.perf_counter() - start
-
-    def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def train_epoch(self, epoch: int, stage: Stage, stop: _StopOnSignal) -> tuple[dict, bool]:
         """Train one epoch (from self.start_step); returns its statistics and whether it was interrupted."""
@@ -445,7 +441,7 @@ class Trainer:
         bar = tqdm(total=steps, initial=resume_at, dynamic_ncols=True, unit="step",
                    desc=f"epoch {epoch + 1}/{self.schedule.total_epochs} stage {stage.index} {stage.image_size}px",
                    disable=not (self.progress and self.ranks.is_main))
-        self.synchronize()
+        synchronize(self.device)
         started = time.perf_counter()
         step = resume_at
         with bar:
@@ -476,7 +472,7 @@ class Trainer:
                 if stop_now and step + 1 < steps:
                     interrupted = True
                     break
-        self.synchronize()
+        synchronize(self.device)
         loop_time = time.perf_counter() - started  # this invocation's share of the epoch
         train_time += loop_time
         steady_time = train_time  # the time throughput is measured on: without compiling
