@@ -51,6 +51,7 @@ class TrainConfig:
     full_data_only: bool = False  # refuse the sample (for runs whose figures must be CIFAR's)
     subset_per_class: int | None = None  # train on this many images per class
     test_subset_per_class: int | None = None  # test on this many images per class
+    holdout_per_class: int | None = None  # evaluate on this many training images per class, held out, not the test set
     loader: str = "auto"  # device (= auto): DeviceLoader, batched; cpu: DataLoader, per-sample transforms
     num_workers: int | None = None  # DataLoader workers of the cpu loader
     # optimization
@@ -64,7 +65,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     ema: bool = False
     ema_decay: float = 0.999  # per step
-    bn_reestimate: bool = True  # FixRes: BatchNorm statistics at the eval size before the final eval
+    bn_reestimate: bool | None = None  # BatchNorm statistics at the eval size before the final eval; None: only
+    # when the last stage trained at another size (at the same size they are already the right ones)
     bn_batches: int = 20
     eval_size: int | None = None  # None: the model's eval_size (32 for the CIFAR models)
     seed: int = 0
@@ -92,7 +94,7 @@ class TrainConfig:
             check_choice(name, getattr(self, name), allowed)
         # Checked values are stored as plain int / float: numpy scalars would not go into run.json.
         for name, low in (("epochs", 1), ("fixed_size", 8), ("subset_per_class", 1), ("test_subset_per_class", 1),
-                          ("num_workers", 0), ("eval_size", 8), ("sync_every", 1), ("stop_after", 1)):
+                          ("holdout_per_class", 1), ("num_workers", 0), ("eval_size", 8), ("sync_every", 1), ("stop_after", 1)):
             setattr(self, name, check_int(name, getattr(self, name), low, optional=True))
         for name, low in (("batch_size", 1), ("bn_batches", 1), ("seed", 0)):
             setattr(self, name, check_int(name, getattr(self, name), low))
@@ -124,7 +126,7 @@ class TrainConfig:
 RUNTIME_FIELDS = frozenset({"out", "checkpoint_dir", "resume", "overwrite", "device", "bf16",
                             "channels_last", "compile", "compile_mode", "num_workers", "sync_every",
                             "stop_after", "save_weights"})
-# --smoke / EFFV2_SMOKE=1: every stage for one epoch on 10 images per class.
+# --smoke / EFFV2_SMOKE=1: 10 images per class, one epoch per stage unless epochs are given.
 SMOKE = dict(subset_per_class=10, test_subset_per_class=10, batch_size=20, bn_batches=2, warmup_epochs=0.5)
 
 
@@ -147,9 +149,11 @@ def resolve_schedule(config: TrainConfig) -> ProgressiveSchedule:
 
 
 def smoke_config(config: TrainConfig) -> TrainConfig:
-    """The config shrunk for a pipeline check: one epoch per stage on 10 images per class."""
+    """The config shrunk for a pipeline check on 10 images per class: one epoch per stage, or
+    `config.epochs` when they were given (on 10 images per class they take seconds too)."""
     schedule = resolve_schedule(replace(config, fixed_size=None))
-    shrunk = replace(schedule, total_epochs=schedule.num_stages).to_dict()
+    epochs = config.epochs if config.epochs is not None else schedule.num_stages
+    shrunk = replace(schedule, total_epochs=epochs).to_dict()
     shrunk.pop("stages")
     return replace(config, schedule=shrunk, epochs=None, smoke=False, **SMOKE)
 

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ._checks import check_int
+
 # The project's data/ folder, found from the package, so it works from any working directory.
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 SAMPLE_PATH = DATA_DIR / "cifar10_sample.npz"
@@ -197,16 +199,9 @@ def load_cifar(name: str = "cifar10", data_dir=None, download: bool = False,
     return data
 
 
-def subset(split: CifarSplit, n_per_class: int, seed: int = 0) -> CifarSplit:
-    """A class-balanced random subset: `n_per_class` images of every class, in their original order.
-
-    The images are copied, the transform is kept. Raises ValueError when a class has fewer
-    than `n_per_class` images.
-    """
-    if not isinstance(n_per_class, int) or isinstance(n_per_class, bool):
-        raise TypeError(f"n_per_class must be an int, got {type(n_per_class).__name__} {n_per_class!r}")
-    if n_per_class < 1:
-        raise ValueError(f"n_per_class must be >= 1, got {n_per_class!r}")
+def _rows_per_class(split: CifarSplit, n_per_class: int, seed: int) -> torch.Tensor:
+    """Row numbers of `n_per_class` random images of every class, sorted (class-balanced)."""
+    check_int("n_per_class", n_per_class, 1)
     counts = split.class_counts()
     if min(counts) < n_per_class:
         raise ValueError(f"n_per_class={n_per_class} exceeds the smallest class "
@@ -216,9 +211,36 @@ def subset(split: CifarSplit, n_per_class: int, seed: int = 0) -> CifarSplit:
     for label in range(len(split.classes)):
         rows = torch.nonzero(split.labels == label).flatten()
         chosen.append(rows[torch.randperm(len(rows), generator=generator)[:n_per_class]])
-    rows = torch.cat(chosen).sort().values
+    return torch.cat(chosen).sort().values
+
+
+def _take(split: CifarSplit, rows: torch.Tensor, note: str) -> CifarSplit:
     return CifarSplit(split.images[rows], split.labels[rows], split.classes, split.transform,
-                      f"{split.source} (subset {n_per_class}/class, seed {seed})")
+                      f"{split.source} ({note})")
+
+
+def subset(split: CifarSplit, n_per_class: int, seed: int = 0) -> CifarSplit:
+    """A class-balanced random subset: `n_per_class` images of every class, in their original order.
+
+    The images are copied, the transform is kept. Raises ValueError when a class has fewer
+    than `n_per_class` images.
+    """
+    return _take(split, _rows_per_class(split, n_per_class, seed), f"subset {n_per_class}/class, seed {seed}")
+
+
+def hold_out(split: CifarSplit, n_per_class: int, seed: int = 0) -> tuple[CifarSplit, CifarSplit]:
+    """Split `split` into (training rest, held-out validation set of `n_per_class` images per class).
+
+    Recipes are chosen on the held-out images, never on the test set: 500 per class takes a
+    5,000-image validation set off CIFAR-10's 50,000 training images. The draw depends on `seed`
+    alone, so every run with the same seed holds out the same images.
+    """
+    held = _rows_per_class(split, n_per_class, seed)
+    keep = torch.ones(len(split), dtype=torch.bool)
+    keep[held] = False
+    rest = torch.nonzero(keep).flatten()
+    return (_take(split, rest, f"less {len(held)} held out, seed {seed}"),
+            _take(split, held, f"{n_per_class}/class held out, seed {seed}"))
 
 
 # --- sources ------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from .blocks import ConvBNAct, FusedMBConv, MBConv, expanded_width
+from .resnet import ResNetCifar, resnet20
 
 __all__ = [
     "StageSpec",
@@ -197,6 +198,7 @@ class EfficientNetV2(nn.Module):
         if not 0 <= stochastic_depth_prob < 1:
             raise ValueError(f"stochastic_depth_prob must be in [0, 1), got {stochastic_depth_prob}")
         self.spec = spec
+        self.name = spec.name
         self.train_size, self.eval_size = spec.train_size, spec.eval_size
         # Below one input pixel per output pixel the last maps would see only padding.
         self.min_input_size = spec.output_stride
@@ -325,13 +327,14 @@ _BUILDERS = {
     "xl": efficientnetv2_xl,
     "cifar": efficientnetv2_cifar,
     "cifar-tiny": efficientnetv2_cifar_tiny,
+    "resnet20": resnet20,  # the CIFAR baseline (effv2_lib.resnet), trained by the same trainer
 }
 # The short names build_model (and the trainer's --model) accept.
 MODEL_NAMES = tuple(_BUILDERS)
 
 
-def build_model(name: str, num_classes: int, **kwargs) -> EfficientNetV2:
-    """Build a network by short name: one of s, m, l, xl, cifar, cifar-tiny."""
+def build_model(name: str, num_classes: int, **kwargs) -> EfficientNetV2 | ResNetCifar:
+    """Build a network by short name: one of s, m, l, xl, cifar, cifar-tiny, resnet20."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(_BUILDERS)}")
     return _BUILDERS[name](num_classes=num_classes, **kwargs)

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from .schedule import ProgressiveSchedule
 
-__all__ = ["plot_schedule", "plot_image_grid", "plot_history", "plot_confusion_matrix"]
+__all__ = ["plot_schedule", "plot_image_grid", "plot_history", "plot_time_to_accuracy", "plot_confusion_matrix"]
 
 STAGE_BOUNDARY_GID = "stage-boundary"  # gid of the vertical lines between stages
 
@@ -184,6 +184,37 @@ def plot_history(history: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Ma
         ax.grid(alpha=0.3)
     for ax in (ax_loss, ax_acc):
         ax.legend(fontsize="small")
+    return fig
+
+
+def plot_time_to_accuracy(runs: Mapping[str, Sequence[Mapping[str, Any]]], *, target: float | None = None,
+                          ax: Axes | None = None) -> Figure:
+    """Test accuracy against cumulative training time, one line per run (the paper's Figure 1(a)).
+
+    runs maps a run's name to its per-epoch records (keys epoch_time, test_acc, stage); the x
+    axis is training time in minutes (evaluation excluded), so runs of different lengths
+    compare at equal cost. Dotted vertical lines in the run's colour mark its stage changes;
+    target, if given, draws a horizontal line (for example the baseline's final accuracy).
+    """
+    if not isinstance(runs, Mapping) or not runs:
+        raise TypeError(f"runs must be a non-empty dict {{name: records}}, got {type(runs).__name__}")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
+    fig = ax.figure
+    for k, (name, records) in enumerate(runs.items()):
+        if not records or not all(isinstance(r, Mapping) and "epoch_time" in r and "test_acc" in r
+                                  for r in records):
+            raise ValueError(f"run {name!r} must be a non-empty list of records with epoch_time and test_acc")
+        minutes = np.cumsum([r["epoch_time"] for r in records]) / 60
+        timed = [{**r, "minutes": m} for r, m in zip(records, minutes)]
+        color = f"C{k}"
+        ax.plot(minutes, [100 * r["test_acc"] for r in records], color=color, marker=".", label=name)
+        _mark_boundaries(ax, _stage_changes(timed, "minutes"), color)
+    if target is not None:
+        ax.axhline(100 * target, color="0.4", linewidth=0.8, linestyle="--")
+    ax.set(xlabel="training time (min)", ylabel="test accuracy (%)", title="Test accuracy against training time")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
     return fig
 
 

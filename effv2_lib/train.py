@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sensible defaults for this machine: on a GPU the full CIFAR-10 progressive run, "
                         "on a CPU a ~5 minute classroom run; options given as well override them")
     g.add_argument("--smoke", action="store_true",
-                   help="pipeline check in seconds: one epoch per stage on 10 images per class (also EFFV2_SMOKE=1)")
+                   help="pipeline check in seconds on 10 images per class: one epoch per stage, or --epochs "
+                        "if given (also EFFV2_SMOKE=1)")
     g.add_argument("--out", help="run directory for checkpoint, history, summary, plots (default: runs/<model>-<time>)")
     g.add_argument("--checkpoint-dir", dest="checkpoint_dir", help="keep checkpoint.pt here instead of in --out")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint "
@@ -127,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on K images per class")
     g.add_argument("--test-subset-per-class", dest="test_subset_per_class", type=int, metavar="K",
                    help="test on K images per class")
+    g.add_argument("--holdout-per-class", dest="holdout_per_class", type=int, metavar="K",
+                   help="hold K training images per class out of training and evaluate on them instead of the "
+                        "test set (500: 5,000 images), to choose a recipe without looking at the test set")
     g.add_argument("--loader", choices=LOADERS,
                    help="device (auto): the data set on the device, crop/flip/resize/RandAugment/Mixup batched "
                         "there; cpu: a DataLoader with per-sample transforms (the classic path, slower)")
@@ -152,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(evaluated and reported instead of the raw weights)")
     g.add_argument("--ema-decay", dest="ema_decay", type=float, help="per step" + default("ema_decay"))
     g.add_argument("--bn-reestimate", dest="bn_reestimate", action=argparse.BooleanOptionalAction,
-                   help="re-estimate BatchNorm statistics at the eval size before the final evaluation (FixRes)"
-                        + default("bn_reestimate"))
+                   help="re-estimate BatchNorm statistics at the eval size before the final evaluation "
+                        "(default: only when the last stage trained at another size than the eval size)")
     g.add_argument("--bn-batches", dest="bn_batches", type=int,
                    help="training batches for the re-estimation" + default("bn_batches"))
     g.add_argument("--seed", type=int, help="seed of the initial weights, data order and augmentation"

@@ -57,7 +57,7 @@ from .checkpoint import (CHECKPOINT_FILE, CONFUSION_FILE, CURVES_FILE, HISTORY_F
                          RunDirectoryError, atomic_write_json, capture_rng_state, load_checkpoint,
                          prepare_run_dir, restore_rng_state, save_checkpoint, save_weights)
 from .config import RUNTIME_FIELDS, TrainConfig, resolve_schedule, smoke_config
-from .data import NORMALIZATION, CifarData, CifarSplit, SampleDataWarning, load_cifar, subset
+from .data import NORMALIZATION, CifarData, CifarSplit, SampleDataWarning, hold_out, load_cifar, subset
 from .distributed import Ranks, state_digest
 from .evaluate import evaluate, reestimate_batchnorm
 from .model import build_model
@@ -157,6 +157,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, data: CifarData | None = None, progress: bool = True,
                  on_epoch: Callable[[dict], None] | None = None, on_step: Callable[[int, int], None] | None = None,
                  command: str | None = None) -> None:
+        self.given_config = config  # what run.json records and a resume is compared with (smoke unshrunk)
         self.config = smoke_config(config) if config.smoke else config
         self.given_data = data
         self.progress = progress
@@ -247,6 +248,10 @@ class Trainer:
                      f"{len(data.test)} test images), not the full data set; accuracies are not "
                      f"CIFAR-10 figures. Use --data DIR, EFFV2_DATA or --download for the real thing.")
         self.train_split, self.test_split = data.train, data.test
+        self.evaluated_on = "test"
+        if cfg.holdout_per_class:  # seed 0 always: every recipe compared on the same held-out images
+            self.train_split, self.test_split = hold_out(data.train, cfg.holdout_per_class, seed=0)
+            self.evaluated_on = f"held-out training images ({cfg.holdout_per_class} per class)"
         if cfg.subset_per_class:
             self.train_split = subset(self.train_split, cfg.subset_per_class, seed=cfg.seed)
         if cfg.test_subset_per_class:
@@ -303,7 +308,7 @@ class Trainer:
             return
         error = None
         if self.ranks.is_main:
-            run = {"config": cfg.to_dict(), "command": self.command}
+            run = {"config": self.given_config.to_dict(), "command": self.command}
             compare = tuple(f.name for f in fields(TrainConfig) if f.name not in RUNTIME_FIELDS)
             try:
                 prepare_run_dir(cfg.out, run, resume=cfg.resume, overwrite=cfg.overwrite, compare=compare,
@@ -586,16 +591,19 @@ class Trainer:
         summary = self.summary(status)
         if status == "finished":
             final = before = self.test(model)
-            if cfg.bn_reestimate:
-                batches = reestimate_batchnorm(model, self.bn_loader, bf16=self.bf16)
+            last_size = self.schedule.stages[-1].image_size
+            reestimate = last_size != self.eval_size if cfg.bn_reestimate is None else cfg.bn_reestimate
+            record = {"applied": reestimate, "eval_size": self.eval_size, "last_train_size": last_size,
+                      "batches": 0, "images": 0}
+            if reestimate:
+                record["batches"] = reestimate_batchnorm(model, self.bn_loader, bf16=self.bf16)
+                record["images"] = len(self.bn_loader.labels)
                 self.ranks.broadcast_buffers(model)  # the ranks computed the same statistics, up to GPU rounding
                 final = self.test(model)
-                summary["bn_reestimation"] = {
-                    "eval_size": self.eval_size, "batches": batches, "images": len(self.bn_loader.labels),
-                    "test_acc_before": before.accuracy, "test_acc_after": final.accuracy,
-                    "change": final.accuracy - before.accuracy}
-                self.log(f"BatchNorm statistics re-estimated at {self.eval_size} px on {batches} batches: "
+                self.log(f"BatchNorm statistics re-estimated at {self.eval_size} px on {record['batches']} batches: "
                          f"test accuracy {before.accuracy:.4f} -> {final.accuracy:.4f}")
+            summary["bn_reestimation"] = {**record, "test_acc_before": before.accuracy,
+                                          "test_acc_after": final.accuracy, "change": final.accuracy - before.accuracy}
             summary.update(final_test_acc=final.accuracy, test_images=final.num_images,
                            confusion_matrix=final.confusion.tolist(), wall_time_s=self.elapsed())
             if self.ranks.enabled:
@@ -610,7 +618,7 @@ class Trainer:
             if self.history:
                 data = "the CIFAR-10 sample" if self.data.is_sample else cfg.dataset
                 write_plots(cfg.out, self.history,
-                            f"{self.model.spec.name} on {data} ({len(self.train_split)} training images), "
+                            f"{self.model.name} on {data} ({len(self.train_split)} training images), "
                             f"schedule {self.schedule.name or 'custom'}",
                             summary.get("confusion_matrix"), self.classes, summary["final_test_acc"])
         if status == "finished":
@@ -623,11 +631,12 @@ class Trainer:
             "status": status,
             "command": self.command,
             "model_name": cfg.model,
-            "model": self.model.spec.name,
+            "model": self.model.name,
             "params": count_parameters(self.model),
             "dataset": cfg.dataset,
             "data": {"source": self.data.source, "is_sample": self.data.is_sample,
-                     "train_images": len(self.train_split), "test_images": len(self.test_split)},
+                     "train_images": len(self.train_split), "test_images": len(self.test_split),
+                     "evaluated_on": self.evaluated_on},
             "schedule": self.schedule.to_dict(),
             "eval_size": self.eval_size,
             **digest_history(self.history),
@@ -653,7 +662,7 @@ class Trainer:
         loader = (" (crop, flip, resize, RandAugment, Mixup batched on the device)" if self.loader_kind == "device"
                   else " (DataLoader, per-sample crop, flip, resize, RandAugment; Mixup per batch)")
         lines = [
-            f"model {self.model.spec.name} ({count_parameters(self.model) / 1e6:.2f}M parameters), "
+            f"model {self.model.name} ({count_parameters(self.model) / 1e6:.2f}M parameters), "
             f"{self.num_classes} classes, on {self.device}"
             + (f" x {self.ranks.world_size} processes" if self.ranks.enabled else ""),
             f"data: {len(self.train_split)} training / {len(self.test_split)} test images from {self.data.source}"

@@ -14,7 +14,7 @@ from PIL import Image
 
 from effv2_lib import data
 from effv2_lib.data import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_CLASSES,
-                            CifarSplit, SampleDataWarning, load_cifar, subset)
+                            CifarSplit, SampleDataWarning, hold_out, load_cifar, subset)
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -240,6 +240,21 @@ def test_subset_is_balanced_ordered_and_seeded(sample):
         subset(sample.train, 251)
     with pytest.raises(TypeError, match="n_per_class"):
         subset(sample.train, 2.5)
+
+
+def test_hold_out_splits_off_a_balanced_disjoint_validation_set(sample):
+    rest, held = hold_out(sample.train, 20, seed=0)
+    assert held.class_counts() == [20] * 10
+    assert len(rest) + len(held) == len(sample.train)
+    assert [a + b for a, b in zip(rest.class_counts(), held.class_counts())] == sample.train.class_counts()
+    # no image is in both: every training image lands in exactly one of the two
+    flat = lambda split: {bytes(image.flatten().tolist()) for image in split.images}  # noqa: E731
+    assert not flat(rest) & flat(held)
+    again_rest, again_held = hold_out(sample.train, 20, seed=0)
+    assert torch.equal(again_held.images, held.images) and torch.equal(again_rest.labels, rest.labels)
+    assert not torch.equal(hold_out(sample.train, 20, seed=1)[1].images, held.images)
+    with pytest.raises(ValueError, match="smallest class"):
+        hold_out(sample.train, 251)
 
 
 # --- data/make_sample.py ----------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from effv2_lib.plots import (  # noqa: E402
-    STAGE_BOUNDARY_GID, plot_confusion_matrix, plot_history, plot_image_grid, plot_schedule)
+    STAGE_BOUNDARY_GID, plot_confusion_matrix, plot_history, plot_image_grid, plot_schedule, plot_time_to_accuracy)
 from effv2_lib.schedule import ProgressiveSchedule  # noqa: E402
 
 
@@ -113,6 +113,25 @@ def test_history_plot_against_wall_time():
     assert list(curves(fig.axes[0])[0].get_xdata()) == [r["wall_time"] for r in records]
     with pytest.raises(ValueError, match="'epoch' or 'wall_time'"):
         plot_history(records, x="step")
+
+
+def test_time_to_accuracy_puts_runs_on_cumulative_training_minutes():
+    progressive = [{"epoch": i + 1, "stage": i // 2, "epoch_time": 30.0 * (i // 2 + 1), "test_acc": 0.1 * (i + 1)}
+                   for i in range(4)]  # 30, 30, 60, 60 s
+    fixed = [{"epoch": i + 1, "stage": 0, "epoch_time": 90.0, "test_acc": 0.2 * (i + 1)} for i in range(2)]
+    fig = plot_time_to_accuracy({"progressive": progressive, "fixed": fixed}, target=0.4)
+    ax = fig.axes[0]
+    lines = [line for line in curves(ax) if line.get_label() in ("progressive", "fixed")]
+    assert list(lines[0].get_xdata()) == pytest.approx([0.5, 1.0, 2.0, 3.0])
+    assert list(lines[0].get_ydata()) == pytest.approx([10, 20, 30, 40])
+    assert list(lines[1].get_xdata()) == pytest.approx([1.5, 3.0])
+    assert boundaries(ax) == [pytest.approx(1.5)]  # between 1.0 and 2.0 min; the fixed run has none
+    assert any(line.get_ydata()[0] == pytest.approx(40) for line in ax.get_lines()
+               if line.get_label().startswith("_"))  # the target line
+    with pytest.raises(ValueError, match="epoch_time"):
+        plot_time_to_accuracy({"broken": [{"test_acc": 0.5}]})
+    with pytest.raises(TypeError):
+        plot_time_to_accuracy([])
 
 
 def test_confusion_matrix_is_row_normalized_and_labelled():

@@ -94,6 +94,7 @@ def test_records_files_and_plots(straight_run):
     assert summary["hardware"]["device"] == "cpu" and summary["data"]["is_sample"] is True
     assert summary["schedule"]["num_stages"] == 2 and summary["optimizer"]["ema"] is True
     bn = summary["bn_reestimation"]
+    assert bn["applied"] and (bn["last_train_size"], bn["eval_size"]) == (20, 32)  # trained at 20, tested at 32
     assert bn["test_acc_after"] == summary["final_test_acc"]
     assert bn["test_acc_before"] == history[-1]["test_acc"]
     assert bn["change"] == pytest.approx(bn["test_acc_after"] - bn["test_acc_before"])
@@ -286,11 +287,55 @@ def test_compiled_training_matches_eager_across_a_size_change(tiny_data):
         assert ours["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-2)
 
 
+def test_batchnorm_is_reestimated_only_when_the_last_size_differs_from_the_test_size(tiny_data, monkeypatch):
+    calls = []
+    monkeypatch.setattr(trainer_module, "reestimate_batchnorm", lambda *a, **k: calls.append(1) or 2)
+    at_test_size = ProgressiveSchedule.fixed(1, 32)
+    summary = train(config(schedule=at_test_size), progress=False, data=tiny_data).summary
+    bn = summary["bn_reestimation"]
+    assert not calls and bn["applied"] is False and bn["change"] == 0
+    assert bn["test_acc_before"] == bn["test_acc_after"] == summary["final_test_acc"]
+    train(config(schedule=at_test_size, bn_reestimate=True), progress=False, data=tiny_data)
+    assert calls == [1]  # asked for explicitly, it runs anyway
+
+
+def test_holdout_evaluates_on_held_out_training_images_never_the_test_set(tiny_data):
+    result = train(config(schedule=ProgressiveSchedule.fixed(1, 16), holdout_per_class=4), progress=False,
+                   data=tiny_data)
+    data = result.summary["data"]
+    assert (data["train_images"], data["test_images"]) == (120, 40)  # 16 per class: 12 train, 4 held out
+    assert data["evaluated_on"] == "held-out training images (4 per class)"
+    assert sum(map(sum, result.summary["confusion_matrix"])) == 40
+    assert train(config(schedule=ProgressiveSchedule.fixed(1, 16)), progress=False,
+                 data=tiny_data).summary["data"]["evaluated_on"] == "test"
+
+
 def test_smoke_mode_runs_each_stage_once_on_ten_images_per_class():
     result = train(TrainConfig(model="cifar-tiny", smoke=True, sample=True, device="cpu", loader="device"),
                    progress=False)
     assert [r["image_size"] for r in result.history] == [16, 20, 28, 32]  # the cifar10 preset's stages
     assert result.summary["data"]["train_images"] == 100
+
+
+def test_the_command_that_started_a_run_plus_resume_resumes_it(tmp_path, monkeypatch):
+    """Regression: a --smoke --epochs 6 run stopped by Ctrl-C could not be resumed by the same
+    command plus --resume (the run directory recorded the shrunk schedule, not the command's
+    settings), and --smoke ignored --epochs."""
+    out = str(tmp_path / "run")
+    command = ["--smoke", "--model", "cifar-tiny", "--epochs", "6", "--out", out, "--no-progress", "--device", "cpu"]
+    record = trainer_module.Trainer.epoch_record
+
+    def interrupt_after_epoch_2(self, epoch, stage, stats):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, caught by the trainer
+        return record(self, epoch, stage, stats)
+
+    monkeypatch.setattr(trainer_module.Trainer, "epoch_record", interrupt_after_epoch_2)
+    assert train_module.main(command) == 130
+    monkeypatch.setattr(trainer_module.Trainer, "epoch_record", record)
+    assert train_module.main(command + ["--resume"]) == 0
+    history = json.loads((Path(out) / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]  # --epochs honoured in smoke mode
 
 
 def test_rmsprop_with_the_papers_exponential_decay(tiny_data):

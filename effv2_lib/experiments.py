@@ -1,0 +1,330 @@
+"""Experiments: progressive learning against its baselines on real CIFAR-10, one command.
+
+Tan & Le (2021), "EfficientNetV2", Section 4 claims that progressive learning with adaptive
+regularization trains faster at no loss of accuracy, and Section 6.2 that adapting the
+regularization to the image size matters. ``cpu-cifar10`` tests both on the full CIFAR-10
+(50,000 training / 10,000 test images) with EfficientNetV2-CIFAR-tiny, sized for a 2-core CPU.
+Every run shares the seed, optimizer, recipe and evaluation; they differ only in what the name
+says:
+
+    progressive            the cifar10 preset scaled to --epochs: 16 -> 32 px, regularization grows
+    fixed                  the same epochs at 32 px with the final stage's regularization (baseline)
+    progressive-fixed-reg  the progressive sizes with the final regularization throughout (Sec. 6.2)
+    fixed-time-matched     32 px for as many epochs as the progressive run's training cost allows
+    resnet20-time-matched  ResNet-20 (He et al. 2016) at 32 px, time-matched the same way
+
+Time matching uses a cost that does not move with the machine's load: training images per second
+at each image size, measured once when the experiment starts (``throughput.json``, on random data,
+as `effv2_lib.bench` does), times the images each run trains on. Wall times are reported beside
+it, with the load average recorded every epoch.
+
+Runs go one after the other into OUT/<run>/ and the experiment resumes: a finished run is
+skipped, an interrupted one continues from its checkpoint. After each run OUT/README.md (the
+table) and OUT/comparison.png (accuracy against training time) are written again from what has
+finished, so results land as they come::
+
+    python -m effv2_lib.experiments cpu-cifar10 --data DIR --out results/cpu-cifar10
+    python -m effv2_lib.experiments cpu-cifar10 --out results/cpu-cifar10 --report   # table, figure only
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shlex
+import statistics
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ._checks import check_int
+from .checkpoint import HISTORY_FILE, RUN_FILE, SUMMARY_FILE, RunDirectoryError, atomic_write_json, read_json
+from .config import TrainConfig, resolve_schedule
+from .model import build_model
+from .report import format_duration
+from .runtime import hardware, is_smoke, train_throughput
+from .schedule import ProgressiveSchedule
+
+__all__ = ["RUN_NAMES", "ExperimentRun", "plan_cpu_cifar10", "measure_throughput", "run_cost",
+           "run_experiment", "write_report", "main"]
+
+RUN_NAMES = ("progressive", "fixed", "progressive-fixed-reg", "fixed-time-matched", "resnet20-time-matched")
+THROUGHPUT_FILE = "throughput.json"
+LOAD_FILE = "load.json"
+COMPARISON_FILE = "comparison.png"
+REPORT_FILE = "README.md"
+DEFAULT_EPOCHS = 12
+
+
+@dataclass(frozen=True)
+class ExperimentRun:
+    """One run of an experiment: its name, what it tests, and its TrainConfig."""
+
+    name: str
+    description: str
+    config: TrainConfig = field(repr=False)
+
+
+def _cost_key(model: str, size: int) -> str:
+    return f"{model}@{size}"
+
+
+def measure_throughput(models_sizes: dict[str, list[int]], batch_size: int, *, steps: int = 4, warmup: int = 2,
+                       repeats: int = 3, device: str = "cpu") -> dict[str, Any]:
+    """Training images/s per (model, size): the median of `repeats` timings of `steps` steps each.
+
+    Random data, forward + backward + SGD step, channels_last (what the trainer uses on CPU and
+    CUDA), as `effv2_lib.runtime.train_throughput` measures it; the spread is kept beside.
+    """
+    rates: dict[str, Any] = {}
+    for name, sizes in models_sizes.items():
+        model = build_model(name, num_classes=10)
+        for size in sorted(set(sizes)):
+            timings = [train_throughput(model, size, batch_size=batch_size, steps=steps, warmup=warmup,
+                                        device=device, channels_last=True) for _ in range(repeats)]
+            rates[_cost_key(name, size)] = {"images_per_s": statistics.median(timings),
+                                            "min": min(timings), "max": max(timings)}
+    return {"batch_size": batch_size, "steps": steps, "warmup": warmup, "repeats": repeats,
+            "hardware": hardware(device), "load_average": os.getloadavg(), "rates": rates}
+
+
+def run_cost(model: str, schedule: ProgressiveSchedule, train_images: int, rates: dict[str, Any]) -> float:
+    """Seconds the run's training steps cost at the measured images/s: sum over stages of
+    epochs x images / rate(model, size). Independent of the load while the run trains."""
+    return sum(stage.num_epochs * train_images / rates[_cost_key(model, stage.image_size)]["images_per_s"]
+               for stage in schedule.stages)
+
+
+def plan_cpu_cifar10(data_dir: str | None, out: str | Path, *, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
+                     batch_size: int = 128, rates: dict[str, Any] | None = None, train_images: int = 50_000,
+                     smoke: bool = False) -> list[ExperimentRun]:
+    """The five runs of ``cpu-cifar10``. The time-matched runs need `rates` (measured images/s);
+    without them only the first three are planned."""
+    out = Path(out)
+    base = TrainConfig(model="cifar-tiny", preset="cifar10", epochs=epochs, batch_size=batch_size, seed=seed,
+                       data_dir=data_dir, full_data_only=not smoke, sample=smoke and data_dir is None,
+                       loader="device", smoke=smoke)
+    progressive = resolve_schedule(base)
+    last = progressive.stages[-1]
+    fixed_reg = replace(progressive, dropout=(last.dropout,) * 2, randaug=(last.randaug_magnitude,) * 2,
+                        mixup=(last.mixup_alpha,) * 2, name="cifar10, final regularization throughout")
+
+    def run(name: str, description: str, **changes: Any) -> ExperimentRun:
+        return ExperimentRun(name, description, replace(base, out=str(out / name), **changes))
+
+    runs = [
+        run("progressive", f"{progressive.image_size[0]} -> {last.image_size} px in {progressive.num_stages} stages, "
+                           "regularization grows with the size", ),
+        run("fixed", f"{last.image_size} px every epoch, the final stage's regularization (the paper's baseline)",
+            fixed_size=last.image_size),
+        run("progressive-fixed-reg", "the progressive sizes, the final regularization throughout (Section 6.2)",
+            schedule=fixed_reg.to_dict(), epochs=None),
+    ]
+    if rates is None:
+        return runs
+    budget = run_cost("cifar-tiny", progressive, train_images, rates)
+    for name, model in (("fixed-time-matched", "cifar-tiny"), ("resnet20-time-matched", "resnet20")):
+        per_epoch = run_cost(model, ProgressiveSchedule.fixed(1, last.image_size), train_images, rates)
+        matched = max(1, math.floor(budget / per_epoch))  # as many epochs as fit in the progressive cost
+        what = "EfficientNetV2-CIFAR-tiny" if model == "cifar-tiny" else "ResNet-20 (He et al. 2016)"
+        runs.append(run(name, f"{what} at {last.image_size} px, {matched} epochs: as many as fit in the "
+                              f"progressive run's training cost", model=model, fixed_size=last.image_size,
+                        epochs=matched))
+    return runs
+
+
+# ----------------------------------------------------------------------------------- running
+def _status(run_dir: Path) -> str:
+    """'finished', 'started' (resumable) or 'new'."""
+    summary = run_dir / SUMMARY_FILE
+    if summary.is_file() and read_json(summary).get("status") == "finished":
+        return "finished"
+    return "started" if (run_dir / RUN_FILE).is_file() else "new"
+
+
+def _train_one(run: ExperimentRun, command: str, progress: bool) -> None:
+    from .train import train
+
+    run_dir = Path(run.config.out)
+    resume = _status(run_dir) == "started"
+    load_file = run_dir / LOAD_FILE
+    loads = read_json(load_file) if resume and load_file.is_file() else []
+
+    def record_load(record: dict[str, Any]) -> None:
+        loads.append({"epoch": record["epoch"], "load_average_1min": os.getloadavg()[0]})
+        atomic_write_json(load_file, loads)
+
+    result = train(replace(run.config, resume=resume), progress=progress, on_epoch=record_load,
+                   command=f"{command}  # run {run.name}")
+    if result.status != "finished":
+        raise KeyboardInterrupt(f"run {run.name} stopped ({result.status}); rerun the command to resume it")
+
+
+def run_experiment(name: str, data_dir: str | None, out: str | Path, *, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
+                   only: tuple[str, ...] = RUN_NAMES, smoke: bool = False, progress: bool = True,
+                   command: str = "") -> list[ExperimentRun]:
+    """Run (or resume) the experiment's runs in order; rewrite the report after each one."""
+    if name != "cpu-cifar10":
+        raise ValueError(f"unknown experiment {name!r}; known: cpu-cifar10")
+    unknown = set(only) - set(RUN_NAMES)
+    if unknown:
+        raise ValueError(f"unknown runs {sorted(unknown)}; the runs are {', '.join(RUN_NAMES)}")
+    check_int("epochs", epochs, 4)  # at least one epoch per stage
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = plan_cpu_cifar10(data_dir, out, epochs=epochs, seed=seed, smoke=smoke)
+    throughput_file = out / THROUGHPUT_FILE
+    if throughput_file.is_file():
+        throughput = read_json(throughput_file)
+    else:  # measured before any training, while the machine is as quiet as it will be
+        sizes = sorted({s.image_size for r in plan for s in resolve_schedule(r.config).stages})
+        timing = dict(steps=1, warmup=0, repeats=1) if smoke else {}
+        throughput = measure_throughput({"cifar-tiny": sizes, "resnet20": [sizes[-1]]},
+                                        20 if smoke else plan[0].config.batch_size, **timing)
+        atomic_write_json(throughput_file, throughput)
+    train_images = 100 if smoke else 50_000
+    plan = plan_cpu_cifar10(data_dir, out, epochs=epochs, seed=seed, smoke=smoke, rates=throughput["rates"],
+                            train_images=train_images)
+    for run in plan:
+        if run.name not in only:
+            continue
+        state = _status(Path(run.config.out))
+        print(f"== {run.name}: {run.description} [{'already finished' if state == 'finished' else state}]",
+              flush=True)
+        if state != "finished":
+            _train_one(run, command, progress)
+        write_report(out, plan, throughput)
+    return plan
+
+
+# ---------------------------------------------------------------------------------- reporting
+def _time_to_reach(history: list[dict[str, Any]], accuracy: float) -> float | None:
+    """Training seconds until the first epoch whose test accuracy reaches `accuracy`."""
+    elapsed = 0.0
+    for record in history:
+        elapsed += record["epoch_time"]
+        if record["test_acc"] >= accuracy:
+            return elapsed
+    return None
+
+
+def _minutes(seconds: float | None) -> str:
+    return "not reached" if seconds is None else f"{seconds / 60:.1f}"
+
+
+def write_report(out: str | Path, plan: list[ExperimentRun], throughput: dict[str, Any]) -> Path:
+    """OUT/README.md (the table) and OUT/comparison.png from the finished runs of `plan`."""
+    import matplotlib.pyplot as plt
+
+    from .plots import plot_time_to_accuracy
+
+    out = Path(out)
+    finished = {}
+    for run in plan:
+        run_dir = Path(run.config.out)
+        if _status(run_dir) == "finished":
+            loads = read_json(run_dir / LOAD_FILE) if (run_dir / LOAD_FILE).is_file() else []
+            finished[run.name] = (run, read_json(run_dir / SUMMARY_FILE), read_json(run_dir / HISTORY_FILE), loads)
+    fixed = finished.get("fixed")
+    target = fixed[1]["final_test_acc"] if fixed else None
+    rates = throughput["rates"]
+    lines = [
+        "# CIFAR-10 on a CPU: progressive learning against its baselines",
+        "",
+        "Written by `python -m effv2_lib.experiments` after each run; every figure below was measured by it.",
+        "Accuracy is top-1 on the 10,000 CIFAR-10 test images after the last epoch (and after the BatchNorm",
+        "re-estimation, applied only where the last training size differs from the 32 px test size).",
+        "Cost: the run's training images divided by the images/s measured per size in throughput.json",
+        "(load-independent); training time: the measured wall time of the training steps.",
+        "",
+        "| run | model | epochs | sizes (px) | test acc. | before / after BN re-est. | training time (min) "
+        "| cost (min) | to reach fixed's acc. (min) | load avg. (mean, max) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, (run, summary, history, loads) in finished.items():
+        schedule = ProgressiveSchedule.from_dict(summary["schedule"])
+        sizes = " -> ".join(str(s.image_size) for s in schedule.stages)
+        bn = summary["bn_reestimation"]
+        bn_text = (f"{100 * bn['test_acc_before']:.2f} / {100 * bn['test_acc_after']:.2f}" if bn["applied"]
+                   else "not needed")
+        cost = run_cost(summary["model_name"], schedule, summary["data"]["train_images"], rates)
+        values = [entry["load_average_1min"] for entry in loads]
+        load = f"{statistics.mean(values):.2f}, {max(values):.2f}" if values else "-"
+        reach = _minutes(_time_to_reach(history, target)) if target is not None else "-"
+        lines.append(f"| {name} | {summary['model']} ({summary['params'] / 1e6:.2f}M) | {summary['epochs_done']} "
+                     f"| {sizes} | {100 * summary['final_test_acc']:.2f}% | {bn_text} "
+                     f"| {summary['train_time_s'] / 60:.1f} | {cost / 60:.1f} | {reach} | {load} |")
+    missing = [run.name for run in plan if run.name not in finished]
+    if missing:
+        lines += ["", f"Not yet run (or still running): {', '.join(missing)}."]
+    if finished:
+        summary = next(iter(finished.values()))[1]
+        hw = summary["hardware"]
+        lines += ["", f"Hardware: {hw.get('device_name', hw.get('device'))}, {hw.get('cpu_count', '?')} cores, "
+                      f"torch {hw.get('torch')}. Images/s per size (median of {throughput['repeats']} timings, "
+                      f"batch {throughput['batch_size']}): "
+                  + ", ".join(f"{key} {value['images_per_s']:.0f}" for key, value in rates.items()) + ".",
+                  "", "Commands:", ""]
+        lines += [f"- {name}: `{summary['command']}`" for name, (_, summary, _, _) in finished.items()]
+        figure = plot_time_to_accuracy({name: history for name, (_, _, history, _) in finished.items()},
+                                       target=target)
+        if target is not None:
+            figure.axes[0].set_title(f"Test accuracy against training time (dashed: fixed's final "
+                                     f"{100 * target:.2f}%)")
+        figure.savefig(out / COMPARISON_FILE, dpi=110)
+        plt.close(figure)
+        lines += ["", f"![test accuracy against training time]({COMPARISON_FILE})"]
+    report = out / REPORT_FILE
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+# ------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        prog="python -m effv2_lib.experiments",
+        description="Progressive learning against fixed-size training, its ablation and ResNet-20 on CIFAR-10; "
+                    "resumable (a rerun skips finished runs and continues an interrupted one).")
+    parser.add_argument("experiment", choices=["cpu-cifar10"])
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="directory with CIFAR-10's train.npz / test.npz (default: $EFFV2_DATA)")
+    parser.add_argument("--out", required=True, help="experiment directory (one sub-directory per run)")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"epoch budget N (default {DEFAULT_EPOCHS})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", nargs="+", default=list(RUN_NAMES), choices=RUN_NAMES, metavar="RUN",
+                        help=f"which runs, in the experiment's order (default: all: {', '.join(RUN_NAMES)})")
+    parser.add_argument("--report", action="store_true", help="only rewrite the table and the figure")
+    parser.add_argument("--smoke", action="store_true", help="a pipeline check in seconds on 10 images per class "
+                                                             "(also EFFV2_SMOKE=1); not an experiment")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    args = parser.parse_args(argv)
+    smoke = args.smoke or is_smoke()
+    data = args.data or os.environ.get("EFFV2_DATA")
+    if "matplotlib.pyplot" not in sys.modules:
+        import matplotlib
+        matplotlib.use("Agg")
+    try:
+        if args.report:
+            throughput = read_json(Path(args.out) / THROUGHPUT_FILE)
+            plan = plan_cpu_cifar10(data, args.out, epochs=args.epochs, seed=args.seed, smoke=smoke,
+                                    rates=throughput["rates"], train_images=100 if smoke else 50_000)
+            print(f"report written to {write_report(args.out, plan, throughput)}")
+            return 0
+        run_experiment(args.experiment, data, args.out, epochs=args.epochs, seed=args.seed, only=tuple(args.runs),
+                       smoke=smoke, progress=args.progress,
+                       command=shlex.join(["python", "-m", "effv2_lib.experiments", *argv]))
+    except KeyboardInterrupt as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, RunDirectoryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"done: {Path(args.out) / REPORT_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The CIFAR-10 experiment at a tiny size: its plan, time matching, resuming, the report."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import effv2_lib.experiments as experiments
+from effv2_lib.config import resolve_schedule
+from effv2_lib.experiments import RUN_NAMES, plan_cpu_cifar10, run_cost, run_experiment
+from effv2_lib.schedule import ProgressiveSchedule
+from effv2_lib.train import train
+
+# images/s per (model, size), as throughput.json stores them: 32 px costs 4x 16 px
+RATES = {f"cifar-tiny@{s}": {"images_per_s": r} for s, r in ((16, 1000.0), (20, 640.0), (28, 330.0), (32, 250.0))}
+RATES["resnet20@32"] = {"images_per_s": 500.0}
+
+
+def test_the_plan_differs_only_in_what_each_run_name_says(tmp_path):
+    plan = {run.name: run for run in plan_cpu_cifar10("DIR", tmp_path, epochs=12, rates=RATES)}
+    assert tuple(plan) == RUN_NAMES
+    schedules = {name: resolve_schedule(run.config) for name, run in plan.items()}
+    progressive, fixed, fixed_reg = schedules["progressive"], schedules["fixed"], schedules["progressive-fixed-reg"]
+    assert [s.image_size for s in progressive.stages] == [16, 20, 28, 32]
+    last = progressive.stages[-1]
+    # fixed: one stage at the final size and regularization, same epochs
+    assert fixed.num_stages == 1 and fixed.total_epochs == 12
+    assert (fixed.stages[0].image_size, fixed.stages[0].dropout, fixed.stages[0].mixup_alpha) == (
+        32, last.dropout, last.mixup_alpha)
+    # the ablation: progressive sizes, the final regularization in every stage
+    assert [s.image_size for s in fixed_reg.stages] == [s.image_size for s in progressive.stages]
+    assert {(s.dropout, s.randaug_magnitude, s.mixup_alpha) for s in fixed_reg.stages} == {
+        (last.dropout, last.randaug_magnitude, last.mixup_alpha)}
+    # everything but the schedule and the model is shared
+    for name, run in plan.items():
+        assert run.config.out == str(tmp_path / name)
+        for key in ("seed", "batch_size", "optimizer", "lr", "label_smoothing", "data_dir", "loader"):
+            assert getattr(run.config, key) == getattr(plan["progressive"].config, key), (name, key)
+    assert plan["resnet20-time-matched"].config.model == "resnet20"
+
+
+def test_time_matching_uses_the_measured_cost_per_size(tmp_path):
+    # progressive, 3 epochs per stage: 3 x 50,000 x (1/1000 + 1/640 + 1/330 + 1/250) s
+    progressive = ProgressiveSchedule.from_preset("cifar10", 12)
+    expected = 3 * 50_000 * (1 / 1000 + 1 / 640 + 1 / 330 + 1 / 250)
+    assert run_cost("cifar-tiny", progressive, 50_000, RATES) == pytest.approx(expected)
+    plan = {run.name: run for run in plan_cpu_cifar10(None, tmp_path, epochs=12, rates=RATES)}
+    # as many 32 px epochs as fit: floor(expected / (50,000 / 250)) and floor(expected / (50,000 / 500))
+    assert resolve_schedule(plan["fixed-time-matched"].config).total_epochs == int(expected // 200) == 7
+    assert resolve_schedule(plan["resnet20-time-matched"].config).total_epochs == int(expected // 100) == 14
+    assert len(plan_cpu_cifar10(None, tmp_path, epochs=12)) == 3  # no rates: nothing to match yet
+
+
+@pytest.mark.slow
+def test_the_experiment_resumes_an_interrupted_run_and_skips_finished_ones(tmp_path, monkeypatch):
+    out = tmp_path / "exp"
+    only = ("progressive", "fixed")
+    # a straight run of the first run, for reference
+    reference = plan_cpu_cifar10(None, tmp_path / "reference", epochs=4, smoke=True)[0]
+    straight = train(reference.config, progress=False)
+    # the experiment's first run, interrupted after 2 of its 4 epochs
+    first = plan_cpu_cifar10(None, out, epochs=4, smoke=True)[0]
+    assert train(replace(first.config, stop_after=2), progress=False).status == "stopped"
+    run_experiment("cpu-cifar10", None, out, epochs=4, only=only, smoke=True, progress=False, command="test")
+    resumed = json.loads((out / "progressive" / "history.json").read_text())
+    assert [r["test_acc"] for r in resumed] == [r["test_acc"] for r in straight.history]
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in straight.history]
+    loads = json.loads((out / "progressive" / "load.json").read_text())
+    assert [entry["epoch"] for entry in loads] == [3, 4]  # recorded by the experiment's own epochs
+    for name in only:
+        assert json.loads((out / name / "summary.json").read_text())["status"] == "finished"
+    assert not (out / "fixed-time-matched").exists()
+    rates = json.loads((out / "throughput.json").read_text())["rates"]
+    assert set(rates) == {"cifar-tiny@16", "cifar-tiny@20", "cifar-tiny@28", "cifar-tiny@32", "resnet20@32"}
+    report = (out / "README.md").read_text()
+    assert "| progressive |" in report and "| fixed |" in report and "Not yet run" in report
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+    # a rerun trains nothing that has finished
+    monkeypatch.setattr(experiments, "_train_one", lambda *a: pytest.fail("a finished run was trained again"))
+    run_experiment("cpu-cifar10", None, out, epochs=4, only=only, smoke=True, progress=False, command="test")
+
+
+def test_the_command_refuses_bad_input_with_one_line(tmp_path, capsys):
+    assert experiments.main(["cpu-cifar10", "--out", str(tmp_path), "--epochs", "3", "--smoke"]) == 1
+    assert capsys.readouterr().err.startswith("error: epochs must be an int >= 4")
+    with pytest.raises(SystemExit):
+        experiments.main(["cpu-cifar10", "--out", str(tmp_path), "--runs", "nonsense"])
+    with pytest.raises(ValueError, match="unknown experiment"):
+        run_experiment("imagenet", None, tmp_path)
