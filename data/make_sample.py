@@ -1,8 +1,8 @@
-"""Regenerate the bundled CIFAR-10 sample, data/cifar10_sample.npz.
+"""Regenerate the bundled CIFAR-10 sample, effv2_lib/sample/cifar10_sample.npz (package data).
 
 Usage::
 
-    python data/make_sample.py /path/to/cifar10            # writes data/cifar10_sample.npz
+    python data/make_sample.py /path/to/cifar10            # writes effv2_lib/sample/cifar10_sample.npz
     python data/make_sample.py /path/to/cifar10 --out x.npz --seed 0 --train-per-class 250 --test-per-class 100
 
 The source directory holds ``train.npz`` and ``test.npz``, each with ``x`` uint8
@@ -64,7 +64,8 @@ def save_npz_lzma(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="directory holding train.npz and test.npz")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "cifar10_sample.npz")
+    default_out = Path(__file__).resolve().parent.parent / "effv2_lib" / "sample" / "cifar10_sample.npz"
+    parser.add_argument("--out", type=Path, default=default_out)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-per-class", type=int, default=250)
     parser.add_argument("--test-per-class", type=int, default=100)

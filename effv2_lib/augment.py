@@ -68,11 +68,10 @@ shows both paths with and without RandAugment.
 
 import math
 from itertools import accumulate
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -125,7 +124,7 @@ _LEVEL_LIMITS = {
 
 def _continued(op: str, torchvision_range):
     """Magnitudes for `num_bins` bins: torchvision's 31-bin range for `op`, continued linearly."""
-    def magnitudes(num_bins: int, height: int, width: int) -> Optional[torch.Tensor]:
+    def magnitudes(num_bins: int, height: int, width: int) -> torch.Tensor | None:
         nominal = torchvision_range(TORCHVISION_BINS, height, width)   # level 0 .. 10
         if nominal is None:                                            # a magnitude-free op
             return None
@@ -213,7 +212,7 @@ def randaug_op_table(level: float, height: int, width: int) -> list:
 
 
 def draw_randaug_groups(batch: int, num_ops: int, num_choices: int, device=None,
-                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                        generator: torch.Generator | None = None) -> torch.Tensor:
     """Per sample and op slot, an op k uniform in [0, num_choices) and a sign; int64 [num_ops, B].
 
     The value is the (op, sign) group 2k + s, s = 1 for a negated magnitude (probability 1/2,
@@ -225,7 +224,7 @@ def draw_randaug_groups(batch: int, num_ops: int, num_choices: int, device=None,
 
 
 def batched_rand_augment(images: torch.Tensor, level: float, num_ops: int = 2,
-                         generator: Optional[torch.Generator] = None, *, fill=RANDAUG_FILL,
+                         generator: torch.Generator | None = None, *, fill=RANDAUG_FILL,
                          interpolation=v2.InterpolationMode.NEAREST) -> torch.Tensor:
     """RandAugment with its own ops and signs per image, batched on the images' device.
 
@@ -295,7 +294,7 @@ def batched_rand_augment(images: torch.Tensor, level: float, num_ops: int = 2,
 
 # --- per-sample CPU transforms ----------------------------------------------------------------
 
-def train_transform(image_size, randaug_magnitude: Optional[float] = None, *,
+def train_transform(image_size, randaug_magnitude: float | None = None, *,
                     num_ops: int = 2, padding: int = DEFAULT_PADDING,
                     mean=CIFAR10_MEAN, std=CIFAR10_STD, normalize: bool = True) -> v2.Compose:
     """Training transform for one stage: uint8 [3, 32, 32] -> float [3, S, S], normalized.
@@ -351,7 +350,7 @@ def denormalize(images: torch.Tensor, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> tor
 # --- Mixup and dropout ------------------------------------------------------------------------
 
 def mixup_batch(images: torch.Tensor, labels: torch.Tensor, alpha: float, num_classes: int,
-                generator: Optional[torch.Generator] = None):
+                generator: torch.Generator | None = None):
     """Mixup with one lambda per sample, partner = the batch reversed (official EfficientNetV2).
 
     Args:
@@ -368,9 +367,9 @@ def mixup_batch(images: torch.Tensor, labels: torch.Tensor, alpha: float, num_cl
     if _check_alpha(alpha) == 0:
         return images, labels
     # lambda ~ Beta(alpha, alpha) as G1 / (G1 + G2), G ~ Gamma(alpha). torch.distributions.Beta
-    # takes no generator; torch._standard_gamma, the sampler it is built on, does.
+    # takes no generator; standard_gamma does.
     concentration = torch.full((2, len(labels)), float(alpha), device=images.device)
-    gammas = torch._standard_gamma(concentration, generator=generator)           # [2, B]
+    gammas = standard_gamma(concentration, generator)                              # [2, B]
     lam = gammas[0] / (gammas[0] + gammas[1]).clamp_min(torch.finfo(gammas.dtype).tiny)
     lam = torch.maximum(lam, 1 - lam)                                              # [B], in [0.5, 1]
     one_hot = F.one_hot(labels, num_classes).to(images.dtype)                      # [B, K]
@@ -378,6 +377,44 @@ def mixup_batch(images: torch.Tensor, labels: torch.Tensor, alpha: float, num_cl
     mixed = images * lam_images + images.flip(0) * (1 - lam_images)
     targets = one_hot * lam[:, None].to(images.dtype) + one_hot.flip(0) * (1 - lam[:, None]).to(images.dtype)
     return mixed, targets
+
+
+def standard_gamma(concentration: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Gamma(concentration, 1) draws that take a `generator` (torch.distributions.Gamma does not).
+
+    torch's own sampler, ``torch._standard_gamma``, is private: if a torch release drops it or its
+    ``generator`` argument, the draws fall back to Marsaglia & Tsang's (2000) rejection method
+    (other numbers, the same distribution; tests/test_augment.py checks both).
+    """
+    sampler = getattr(torch, "_standard_gamma", None)
+    if sampler is not None:
+        try:
+            return sampler(concentration, generator=generator)
+        except TypeError:  # the private signature changed
+            pass
+    return marsaglia_tsang_gamma(concentration, generator)
+
+
+def marsaglia_tsang_gamma(concentration: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Gamma(a, 1) by Marsaglia & Tsang (2000): for a >= 1, with d = a - 1/3 and c = 1 / sqrt(9d),
+    draw x ~ N(0, 1), v = (1 + c x)^3 and keep d v when log u < x^2 / 2 + d - d v + d log v; for
+    a < 1, draw for a + 1 and multiply by u^(1/a). Rejection repeats for the rejected entries only."""
+    a = concentration.float()
+    boost = a < 1
+    d = torch.where(boost, a + 1, a) - 1 / 3
+    c = 1 / torch.sqrt(9 * d)
+    result = torch.zeros_like(a)
+    pending = torch.ones_like(a, dtype=torch.bool)
+    while bool(pending.any()):  # each round accepts at least 95% of the entries
+        x = torch.randn(a.shape, generator=generator, device=a.device)
+        u = torch.rand(a.shape, generator=generator, device=a.device)
+        v = (1 + c * x) ** 3
+        accept = pending & (v > 0) & (torch.log(u) < 0.5 * x**2 + d - d * v + d * torch.log(v.clamp_min(1e-30)))
+        result = torch.where(accept, d * v, result)
+        pending &= ~accept
+    u = torch.rand(a.shape, generator=generator, device=a.device)
+    result = torch.where(boost, result * u ** (1 / a), result)
+    return result.to(concentration.dtype)
 
 
 def set_dropout(model: nn.Module, rate: float) -> int:
@@ -445,12 +482,12 @@ class DeviceLoader:
     """
 
     def __init__(self, split, batch_size: int, *, device=None, image_size=CIFAR_SIZE,
-                 mixup_alpha: Optional[float] = None, train: bool = True,
-                 shuffle: Optional[bool] = None, drop_last: Optional[bool] = None,
+                 mixup_alpha: float | None = None, train: bool = True,
+                 shuffle: bool | None = None, drop_last: bool | None = None,
                  padding: int = DEFAULT_PADDING, mean=CIFAR10_MEAN, std=CIFAR10_STD,
                  channels_last: bool = False, dtype: torch.dtype = torch.float32,
-                 generator: Optional[torch.Generator] = None,
-                 randaug_magnitude: Optional[float] = None, randaug_num_ops: int = 2,
+                 generator: torch.Generator | None = None,
+                 randaug_magnitude: float | None = None, randaug_num_ops: int = 2,
                  augment_chunk: int = 8192) -> None:
         batch_size = check_int("batch_size", batch_size, 1)
         self.augment_chunk = check_int("augment_chunk", augment_chunk, 1)
@@ -486,8 +523,8 @@ class DeviceLoader:
         self.image_size, self.mixup_alpha, self.randaug_magnitude = CIFAR_SIZE, 0.0, 0.0
         self.set_stage(image_size, mixup_alpha, randaug_magnitude)
 
-    def set_stage(self, image_size, mixup_alpha: Optional[float] = None,
-                  randaug_magnitude: Optional[float] = None) -> None:
+    def set_stage(self, image_size, mixup_alpha: float | None = None,
+                  randaug_magnitude: float | None = None) -> None:
         """Switch to a stage: image size, Mixup alpha and RandAugment magnitude.
 
         `image_size` may be a schedule Stage, which gives all three (an explicit argument

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._cli import one_line_errors
 from .model import MODEL_SPECS, EfficientNetV2, build_model
 from .runtime import count_parameters, hardware, pick_device, train_throughput
 
@@ -116,6 +117,7 @@ def run_bench(model_name: str = "cifar", sizes: tuple[int, ...] = (16, 20, 24, 2
             "warmup": warmup, "bf16": bf16, "channels_last": channels_last, "compile": compile, "rows": rows}
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m effv2_lib.bench",

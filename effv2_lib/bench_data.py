@@ -35,8 +35,17 @@ import warnings
 import torch
 import torchvision
 
-from .augment import (RANDAUG_FILL, RANDAUG_OPS, DeviceLoader, batched_rand_augment,
-                      draw_randaug_groups, mixup_batch, randaug_op_table, train_transform)
+from ._cli import one_line_errors
+from .augment import (
+    RANDAUG_FILL,
+    RANDAUG_OPS,
+    DeviceLoader,
+    batched_rand_augment,
+    draw_randaug_groups,
+    mixup_batch,
+    randaug_op_table,
+    train_transform,
+)
 from .data import NORMALIZATION, SampleDataWarning, load_cifar
 from .runtime import synchronize
 
@@ -147,6 +156,7 @@ def randaug_ms_per_batch(split, image_size: int, level: float, batch_size: int, 
     return tuple(timings)
 
 
+@one_line_errors
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="CPU DataLoader path vs GPU-resident path, images/s.")
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 24, 32], help="stage sizes (px)")

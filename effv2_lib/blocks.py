@@ -17,7 +17,16 @@ Every detail below (BatchNorm eps 1e-3, the SE width, where the stride and the
 activations sit, when a residual exists) follows the official implementation
 and torchvision, so that our network computes the same function as
 ``torchvision.models.efficientnet_v2_s`` given the same weights
-(see ``effv2_lib.interop`` and ``tests/test_interop.py``).
+(see ``effv2_lib.interop`` and ``tests/test_interop.py``). Two details follow
+torchvision where it differs from the TensorFlow code:
+
+* padding is symmetric, (k - 1) / 2 on every side, also at stride 2; TF's 'same'
+  pads a stride-2 convolution of an even-sized input more on the bottom and
+  right, so TF weights run here shift their stride-2 outputs by a pixel;
+* BatchNorm momentum is PyTorch's default 0.1 (the weight of the new batch),
+  which is torchvision's value and the official code's (its ``bn_momentum`` 0.9
+  in TF's convention, the weight of the old average). The paper's "batch norm
+  momentum 0.99" (Section 5.1) would be ``momentum=0.01`` here.
 
 Shapes in comments use N (batch), C (channels), H, W (height, width).
 """

@@ -94,7 +94,8 @@ class TrainConfig:
             check_choice(name, getattr(self, name), allowed)
         # Checked values are stored as plain int / float: numpy scalars would not go into run.json.
         for name, low in (("epochs", 1), ("fixed_size", 8), ("subset_per_class", 1), ("test_subset_per_class", 1),
-                          ("holdout_per_class", 1), ("num_workers", 0), ("eval_size", 8), ("sync_every", 1), ("stop_after", 1)):
+                          ("holdout_per_class", 1), ("num_workers", 0), ("eval_size", 8), ("sync_every", 1),
+                          ("stop_after", 1)):
             setattr(self, name, check_int(name, getattr(self, name), low, optional=True))
         for name, low in (("batch_size", 1), ("bn_batches", 1), ("seed", 0)):
             setattr(self, name, check_int(name, getattr(self, name), low))

@@ -12,10 +12,11 @@ Sources, tried in this order by `load_cifar`:
    ``train.npz`` / ``test.npz`` (``x`` uint8 [N, 32, 32, 3] NHWC RGB, ``y`` integer labels [N])
    or an ImageFolder tree (``train/<class>/*.png``, ``test/<class>/*.png``), either directly
    or in a sub-folder named after the data set (``cifar10/``, ``cifar100/``);
-2. torchvision's CIFAR10 / CIFAR100 files under the project's ``data/`` folder, downloaded
-   there only when ``download=True``;
-3. the bundled sample ``data/cifar10_sample.npz`` (CIFAR-10 only: 250 training and 100 test
-   images per class), with a `SampleDataWarning` saying so.
+2. torchvision's CIFAR10 / CIFAR100 files under `DATA_DIR`, downloaded there only when
+   ``download=True``: the project's ``data/`` folder in a source checkout, else
+   ``$XDG_CACHE_HOME/effv2`` (``~/.cache/effv2``), never the installed package's folder;
+3. the bundled sample (package data ``effv2_lib/sample/cifar10_sample.npz``, CIFAR-10 only:
+   250 training and 100 test images per class), with a `SampleDataWarning` saying so.
 
 A source that was named (``data_dir``, ``EFFV2_DATA``, ``download=True``) and cannot be read is
 an error, never a reason to fall back: results on the 2,500-image sample must not pass for
@@ -24,10 +25,12 @@ results on CIFAR.
 
 import os
 import socket
+import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -35,10 +38,23 @@ from torch.utils.data import Dataset
 
 from ._checks import check_int
 
-# The project's data/ folder, found from the package, so it works from any working directory.
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-SAMPLE_PATH = DATA_DIR / "cifar10_sample.npz"
 DATA_ENV_VAR = "EFFV2_DATA"
+
+
+def _download_dir() -> Path:
+    """The source checkout's data/ folder (found from the package, so any working directory
+    works), or, for an installed package, the user's cache: never inside site-packages."""
+    checkout_data = Path(__file__).resolve().parent.parent / "data"
+    if (checkout_data / "make_sample.py").is_file():  # only the repository has it
+        return checkout_data
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "effv2"
+
+
+# Where torchvision's downloads go and are looked for.
+DATA_DIR = _download_dir()
+# The bundled sample is package data: it travels with every install, editable or not.
+SAMPLE_PATH = resources.files(__package__).joinpath("sample", "cifar10_sample.npz")
 
 # Per-channel mean and standard deviation of the training images, pixel values scaled to [0, 1].
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -79,8 +95,13 @@ class SampleDataWarning(UserWarning):
     """Issued when `load_cifar` falls back to the bundled 2,500-image CIFAR-10 sample."""
 
 
-# Shown on every fallback, not once per session: a notebook re-run should say it again.
-warnings.simplefilter("always", SampleDataWarning)
+def _warn_every_time(message: str, category: type[Warning]) -> None:
+    """warnings.warn at our caller's caller, shown on every call rather than once per code location
+    (a notebook re-run should say it again). A fresh registry does that without touching the
+    global filters, so a user's "error" or "ignore" filter still applies."""
+    caller = sys._getframe(2)
+    warnings.warn_explicit(message, category, caller.f_code.co_filename, caller.f_lineno,
+                           module=caller.f_globals.get("__name__"), registry=None)
 
 
 class CifarSplit(Dataset):
@@ -97,7 +118,7 @@ class CifarSplit(Dataset):
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes,
-                 transform: Optional[Callable] = None, source: str = "") -> None:
+                 transform: Callable | None = None, source: str = "") -> None:
         if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8
                 and images.ndim == 4 and images.shape[1] == 3):
             raise ValueError("images must be a uint8 tensor [N, 3, H, W], got "
@@ -124,7 +145,7 @@ class CifarSplit(Dataset):
             image = self.transform(image)
         return image, int(self.labels[index])
 
-    def with_transform(self, transform: Optional[Callable]) -> "CifarSplit":
+    def with_transform(self, transform: Callable | None) -> "CifarSplit":
         """The same images and labels (shared, not copied) with another per-sample transform."""
         return CifarSplit(self.images, self.labels, self.classes, transform, self.source)
 
@@ -193,9 +214,9 @@ def load_cifar(name: str = "cifar10", data_dir=None, download: bool = False,
                                 f"torchvision copy in {DATA_DIR} (the bundled sample is CIFAR-10 "
                                 f"only). To get it: {HOW_TO_GET_DATA}.")
     data = _load_sample(name)
-    warnings.warn(f"Using the bundled CIFAR-10 SAMPLE ({len(data.train)} train / {len(data.test)} "
-                  f"test images from {SAMPLE_PATH}), not the full data set. For the full "
-                  f"CIFAR-10: {HOW_TO_GET_DATA}.", SampleDataWarning, stacklevel=2)
+    _warn_every_time(f"Using the bundled CIFAR-10 SAMPLE ({len(data.train)} train / {len(data.test)} "
+                     f"test images from {SAMPLE_PATH}), not the full data set. For the full "
+                     f"CIFAR-10: {HOW_TO_GET_DATA}.", SampleDataWarning)
     return data
 
 
@@ -279,7 +300,7 @@ def torchvision_folder(name: str) -> Path:
     return DATA_DIR / _torchvision_dataset(name).base_folder
 
 
-def _load_torchvision(name: str, download: bool, timeout: float) -> Optional[CifarData]:
+def _load_torchvision(name: str, download: bool, timeout: float) -> CifarData | None:
     """Source 2: torchvision's CIFAR files under data/; None when absent and not downloading."""
     dataset_cls = _torchvision_dataset(name)
     folder = torchvision_folder(name)
@@ -314,12 +335,13 @@ def _load_sample(name: str) -> CifarData:
     if name != "cifar10":
         raise ValueError(f"the bundled sample is CIFAR-10 only, got name={name!r}")
     if not SAMPLE_PATH.is_file():
-        raise FileNotFoundError(f"the bundled sample {SAMPLE_PATH} is missing; restore it from "
-                                "git or regenerate it with data/make_sample.py")
-    classes = _classes_in_npz(SAMPLE_PATH, name)
-    source = f"sample:{SAMPLE_PATH}"
-    train = _split_from_npz(SAMPLE_PATH, ("x_train", "y_train"), classes, source)
-    test = _split_from_npz(SAMPLE_PATH, ("x_test", "y_test"), classes, source)
+        raise FileNotFoundError(f"the bundled sample {SAMPLE_PATH} is missing; reinstall effv2_lib, or in a "
+                                "checkout restore it from git or regenerate it with data/make_sample.py")
+    with resources.as_file(SAMPLE_PATH) as path:  # a real file even if the package is zipped
+        classes = _classes_in_npz(path, name)
+        source = f"sample:{SAMPLE_PATH}"
+        train = _split_from_npz(path, ("x_train", "y_train"), classes, source)
+        test = _split_from_npz(path, ("x_test", "y_test"), classes, source)
     return CifarData(name, train, test, classes, source, is_sample=True)
 
 
@@ -339,7 +361,7 @@ def _classes_in_npz(path: Path, name: str) -> list:
     return list(CLASSES[name])
 
 
-def _split_from_npz(path: Path, keys: tuple, classes: list, source: Optional[str] = None) -> CifarSplit:
+def _split_from_npz(path: Path, keys: tuple, classes: list, source: str | None = None) -> CifarSplit:
     x_key, y_key = keys
     with _open_npz(path) as archive:
         missing = [k for k in keys if k not in archive.files]
@@ -365,7 +387,7 @@ def _split_from_npz(path: Path, keys: tuple, classes: list, source: Optional[str
 
 def _splits_from_image_folders(train_dir: Path, test_dir: Path) -> tuple:
     """Decode an ImageFolder tree once; classes are the sorted folder names of train/."""
-    from PIL import Image   # torchvision.io's decoders are deprecated from torchvision 0.29
+    from PIL import Image  # torchvision.io's decoders are deprecated from torchvision 0.29
 
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     if not classes:

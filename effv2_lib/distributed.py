@@ -38,7 +38,7 @@ class Ranks:
     owns_group: bool = False  # this object created the process group, and must destroy it
 
     @classmethod
-    def from_environment(cls, device_preference: str | None = None) -> tuple["Ranks", torch.device]:
+    def from_environment(cls, device_preference: str | None = None) -> tuple[Ranks, torch.device]:
         """Join the process group torchrun describes (if any); returns it and this rank's device."""
         if dist.is_available() and dist.is_initialized():
             ranks = cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))

@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ._cli import one_line_errors
+
 __all__ = ["EvalResult", "evaluate", "reestimate_batchnorm", "main"]
 
 
@@ -107,7 +109,7 @@ def reestimate_batchnorm(model: nn.Module, images: Iterable[Tensor], *, bf16: bo
                 model(batch)
             count += 1
     finally:
-        for m, momentum in zip(norms, momenta):
+        for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
         model.train(was_training)
     if count == 0:
@@ -138,6 +140,7 @@ def _weight_files(paths: list[str]) -> tuple[list[Path], dict]:
     return files, settings
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     from .augment import DeviceLoader
     from .checkpoint import load_weights

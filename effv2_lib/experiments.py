@@ -40,15 +40,15 @@ from pathlib import Path
 from typing import Any
 
 from ._checks import check_int
-from .checkpoint import HISTORY_FILE, RUN_FILE, SUMMARY_FILE, RunDirectoryError, atomic_write_json, read_json
+from ._cli import one_line_errors
+from .checkpoint import HISTORY_FILE, RUN_FILE, SUMMARY_FILE, atomic_write_json, read_json
 from .config import TrainConfig, resolve_schedule
 from .model import build_model
-from .report import format_duration
 from .runtime import hardware, is_smoke, train_throughput
 from .schedule import ProgressiveSchedule
 
 __all__ = ["RUN_NAMES", "ExperimentRun", "plan_cpu_cifar10", "measure_throughput", "run_cost",
-           "run_experiment", "write_report", "main"]
+           "run_experiment", "load_results", "write_report", "main"]
 
 RUN_NAMES = ("progressive", "fixed", "progressive-fixed-reg", "fixed-time-matched", "resnet20-time-matched")
 THROUGHPUT_FILE = "throughput.json"
@@ -71,8 +71,8 @@ def _cost_key(model: str, size: int) -> str:
     return f"{model}@{size}"
 
 
-def measure_throughput(models_sizes: dict[str, list[int]], batch_size: int, *, steps: int = 4, warmup: int = 2,
-                       repeats: int = 3, device: str = "cpu") -> dict[str, Any]:
+def measure_throughput(models_sizes: dict[str, list[int]], batch_size: int, *, steps: int = 10, warmup: int = 2,
+                       repeats: int = 5, device: str = "cpu") -> dict[str, Any]:
     """Training images/s per (model, size): the median of `repeats` timings of `steps` steps each.
 
     Random data, forward + backward + SGD step, channels_last (what the trainer uses on CPU and
@@ -195,93 +195,119 @@ def run_experiment(name: str, data_dir: str | None, out: str | Path, *, epochs: 
               flush=True)
         if state != "finished":
             _train_one(run, command, progress)
-        write_report(out, plan, throughput)
+        write_report(out)
     return plan
 
 
 # ---------------------------------------------------------------------------------- reporting
-def _time_to_reach(history: list[dict[str, Any]], accuracy: float) -> float | None:
-    """Training seconds until the first epoch whose test accuracy reaches `accuracy`."""
+def _with_cost(history: list[dict[str, Any]], summary: dict[str, Any], rates: dict[str, Any]) -> list[dict[str, Any]]:
+    """The history with each epoch's load-independent cost (seconds at the measured images/s)."""
+    images = summary["optimizer"]["steps_per_epoch"] * summary["optimizer"]["batch_size"]
+    model = summary["model_name"]
+    return [{**r, "cost_time": images / rates[_cost_key(model, r["image_size"])]["images_per_s"]} for r in history]
+
+
+def _time_to_reach(history: list[dict[str, Any]], accuracy: float, key: str) -> float | None:
+    """Seconds (summing `key` over epochs) until the first epoch whose test accuracy reaches `accuracy`."""
     elapsed = 0.0
     for record in history:
-        elapsed += record["epoch_time"]
+        elapsed += record[key]
         if record["test_acc"] >= accuracy:
             return elapsed
     return None
+
+
+def _test_images(finished: dict[str, tuple[dict, list, list]]) -> str:
+    counts = {summary["test_images"] for summary, _, _ in finished.values()}
+    return f"{counts.pop():,}" if len(counts) == 1 else "10,000"
 
 
 def _minutes(seconds: float | None) -> str:
     return "not reached" if seconds is None else f"{seconds / 60:.1f}"
 
 
-def write_report(out: str | Path, plan: list[ExperimentRun], throughput: dict[str, Any]) -> Path:
-    """OUT/README.md (the table) and OUT/comparison.png from the finished runs of `plan`."""
+def load_results(out: str | Path) -> tuple[dict[str, tuple[dict, list, list]], dict[str, Any]]:
+    """The finished runs under `out`, in the experiment's order, as {name: (summary, history, loads)},
+    each history record with its ``cost_time``; and throughput.json. (What the report and the
+    notebooks read.)"""
+    out = Path(out)
+    throughput = read_json(out / THROUGHPUT_FILE)
+    finished = {}
+    for name in RUN_NAMES:
+        run_dir = out / name
+        if _status(run_dir) == "finished":
+            summary = read_json(run_dir / SUMMARY_FILE)
+            loads = read_json(run_dir / LOAD_FILE) if (run_dir / LOAD_FILE).is_file() else []
+            history = _with_cost(read_json(run_dir / HISTORY_FILE), summary, throughput["rates"])
+            finished[name] = (summary, history, loads)
+    return finished, throughput
+
+
+def write_report(out: str | Path) -> Path:
+    """OUT/README.md (the table) and OUT/comparison.png from the finished runs in `out`."""
     import matplotlib.pyplot as plt
 
     from .plots import plot_time_to_accuracy
 
     out = Path(out)
-    finished = {}
-    for run in plan:
-        run_dir = Path(run.config.out)
-        if _status(run_dir) == "finished":
-            loads = read_json(run_dir / LOAD_FILE) if (run_dir / LOAD_FILE).is_file() else []
-            finished[run.name] = (run, read_json(run_dir / SUMMARY_FILE), read_json(run_dir / HISTORY_FILE), loads)
-    fixed = finished.get("fixed")
-    target = fixed[1]["final_test_acc"] if fixed else None
+    finished, throughput = load_results(out)
     rates = throughput["rates"]
+    target = finished["fixed"][0]["final_test_acc"] if "fixed" in finished else None
     lines = [
         "# CIFAR-10 on a CPU: progressive learning against its baselines",
         "",
-        "Written by `python -m effv2_lib.experiments` after each run; every figure below was measured by it.",
-        "Accuracy is top-1 on the 10,000 CIFAR-10 test images after the last epoch (and after the BatchNorm",
-        "re-estimation, applied only where the last training size differs from the 32 px test size).",
-        "Cost: the run's training images divided by the images/s measured per size in throughput.json",
-        "(load-independent); training time: the measured wall time of the training steps.",
+        "Written by `python -m effv2_lib.experiments` after each run from the runs' own files; nothing is typed in.",
+        f"Test accuracy: top-1 on the {_test_images(finished)} CIFAR-10 test images after the last epoch, after",
+        "the BatchNorm re-estimation where it applies (only where the last training size differs from the 32 px",
+        "test size).",
+        "Cost: each epoch's training images divided by the images/s measured for its model and size in",
+        "throughput.json before the first run; it does not move with the machine's load, so runs compare",
+        "on it. Wall: the measured time of the training steps (evaluation excluded), with the load average.",
         "",
-        "| run | model | epochs | sizes (px) | test acc. | before / after BN re-est. | training time (min) "
-        "| cost (min) | to reach fixed's acc. (min) | load avg. (mean, max) |",
+        "| run | model | epochs | sizes (px) | test acc. | BN re-est. (before / after) | cost (min) "
+        "| wall (min) | cost to reach fixed's acc. (min) | load avg. (mean, max) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, (run, summary, history, loads) in finished.items():
+    for name, (summary, history, loads) in finished.items():
         schedule = ProgressiveSchedule.from_dict(summary["schedule"])
         sizes = " -> ".join(str(s.image_size) for s in schedule.stages)
         bn = summary["bn_reestimation"]
-        bn_text = (f"{100 * bn['test_acc_before']:.2f} / {100 * bn['test_acc_after']:.2f}" if bn["applied"]
-                   else "not needed")
-        cost = run_cost(summary["model_name"], schedule, summary["data"]["train_images"], rates)
+        bn_text = (f"{100 * bn['test_acc_before']:.2f}% / {100 * bn['test_acc_after']:.2f}%" if bn["applied"]
+                   else "not applied")
         values = [entry["load_average_1min"] for entry in loads]
         load = f"{statistics.mean(values):.2f}, {max(values):.2f}" if values else "-"
-        reach = _minutes(_time_to_reach(history, target)) if target is not None else "-"
+        reach = _minutes(_time_to_reach(history, target, "cost_time")) if target is not None else "-"
         lines.append(f"| {name} | {summary['model']} ({summary['params'] / 1e6:.2f}M) | {summary['epochs_done']} "
                      f"| {sizes} | {100 * summary['final_test_acc']:.2f}% | {bn_text} "
-                     f"| {summary['train_time_s'] / 60:.1f} | {cost / 60:.1f} | {reach} | {load} |")
-    missing = [run.name for run in plan if run.name not in finished]
+                     f"| {sum(r['cost_time'] for r in history) / 60:.1f} | {summary['train_time_s'] / 60:.1f} "
+                     f"| {reach} | {load} |")
+    missing = [name for name in RUN_NAMES if name not in finished]
     if missing:
-        lines += ["", f"Not yet run (or still running): {', '.join(missing)}."]
+        lines += ["", f"Not run yet (or still running): {', '.join(missing)}."]
     if finished:
-        summary = next(iter(finished.values()))[1]
-        hw = summary["hardware"]
-        lines += ["", f"Hardware: {hw.get('device_name', hw.get('device'))}, {hw.get('cpu_count', '?')} cores, "
-                      f"torch {hw.get('torch')}. Images/s per size (median of {throughput['repeats']} timings, "
-                      f"batch {throughput['batch_size']}): "
+        hw = next(iter(finished.values()))[0]["hardware"]
+        lines += ["", f"Hardware: {hw['device_name']} CPU, {hw['cpu_count']} cores, {hw['torch_threads']} torch "
+                      f"threads, torch {hw['torch']}. Training images/s (median of {throughput['repeats']} timings "
+                      f"of {throughput['steps']} steps, batch {throughput['batch_size']}, random data): "
                   + ", ".join(f"{key} {value['images_per_s']:.0f}" for key, value in rates.items()) + ".",
                   "", "Commands:", ""]
-        lines += [f"- {name}: `{summary['command']}`" for name, (_, summary, _, _) in finished.items()]
-        figure = plot_time_to_accuracy({name: history for name, (_, _, history, _) in finished.items()},
-                                       target=target)
+        lines += [f"- {name}: `{summary['command']}`" for name, (summary, _, _) in finished.items()]
+        figure = plot_time_to_accuracy({name: history for name, (_, history, _) in finished.items()},
+                                       target=target, time_key="cost_time",
+                                       time_label="training cost (min at the measured images/s)")
         if target is not None:
-            figure.axes[0].set_title(f"Test accuracy against training time (dashed: fixed's final "
+            figure.axes[0].set_title(f"CIFAR-10 test accuracy against training cost (dashed: fixed's final "
                                      f"{100 * target:.2f}%)")
         figure.savefig(out / COMPARISON_FILE, dpi=110)
         plt.close(figure)
-        lines += ["", f"![test accuracy against training time]({COMPARISON_FILE})"]
+        lines += ["", f"![test accuracy against training cost]({COMPARISON_FILE})"]
     report = out / REPORT_FILE
     report.write_text("\n".join(lines) + "\n")
     return report
 
 
 # ------------------------------------------------------------------------------------- CLI
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
@@ -306,22 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     if "matplotlib.pyplot" not in sys.modules:
         import matplotlib
         matplotlib.use("Agg")
-    try:
-        if args.report:
-            throughput = read_json(Path(args.out) / THROUGHPUT_FILE)
-            plan = plan_cpu_cifar10(data, args.out, epochs=args.epochs, seed=args.seed, smoke=smoke,
-                                    rates=throughput["rates"], train_images=100 if smoke else 50_000)
-            print(f"report written to {write_report(args.out, plan, throughput)}")
-            return 0
-        run_experiment(args.experiment, data, args.out, epochs=args.epochs, seed=args.seed, only=tuple(args.runs),
-                       smoke=smoke, progress=args.progress,
-                       command=shlex.join(["python", "-m", "effv2_lib.experiments", *argv]))
-    except KeyboardInterrupt as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return 130
-    except (ValueError, TypeError, FileNotFoundError, RunDirectoryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.report:
+        print(f"report written to {write_report(args.out)}")
+        return 0
+    run_experiment(args.experiment, data, args.out, epochs=args.epochs, seed=args.seed, only=tuple(args.runs),
+                   smoke=smoke, progress=args.progress,
+                   command=shlex.join(["python", "-m", "effv2_lib.experiments", *argv]))
     print(f"done: {Path(args.out) / REPORT_FILE}")
     return 0
 

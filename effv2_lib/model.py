@@ -230,7 +230,7 @@ class EfficientNetV2(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The official initialisation, as in torchvision's EfficientNet."""
+        """torchvision's initialisation, which is the official code's except for depthwise convolutions."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 # PyTorch's fan_out for a depthwise conv is C * k * k; TF uses k * k.

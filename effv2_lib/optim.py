@@ -1,10 +1,18 @@
 """Optimization pieces of the training recipe: optimizer, learning-rate schedule, weight EMA.
 
 Tan & Le (2021), Section 5.1 (ImageNet settings): RMSProp with decay 0.9 and momentum 0.9,
-weight decay 1e-5, a learning rate warmed up from 0 and then decayed by 0.97 every 2.4 epochs,
-and an exponential moving average of the weights (decay 0.9999). For CIFAR the usual recipe,
-SGD with Nesterov momentum and a cosine decay, is the default; the paper's choices are options.
-Neither decays BatchNorm parameters or biases.
+batch norm momentum 0.99 (PyTorch's momentum=0.01; see `effv2_lib.blocks` for the 0.1 the
+official code and torchvision use), weight decay 1e-5, a learning rate warmed up from 0 and
+decayed by 0.97 every 2.4 epochs (a staircase on the global step, counted from step 0 as in
+the official code's ``tf.train.exponential_decay``, so the warm-up epochs count too), and an
+exponential moving average of the weights (decay 0.9999). For CIFAR the usual recipe, SGD with
+Nesterov momentum and a cosine decay, is the default; the paper's choices are options. Neither
+decays BatchNorm parameters or biases.
+
+PyTorch's RMSprop with momentum applies the learning rate outside the momentum buffer
+(``buf = m * buf + g / rms``; ``p -= lr * buf``), TF1's inside it (``buf = m * buf + lr * g / rms``;
+``p -= buf``): the two agree while the learning rate is constant and differ after each change
+of the learning rate, by how fast the buffer forgets the old one.
 """
 
 from __future__ import annotations
@@ -67,7 +75,11 @@ class WarmupThenDecay:
 
     Used with torch.optim.lr_scheduler.LambdaLR (a callable object, so the scheduler's
     state_dict keeps its settings). "exponential" is the paper's staircase decay: x decay_rate
-    every decay_epochs epochs (0.97 every 2.4 epochs in Section 5.1).
+    every decay_epochs epochs (0.97 every 2.4 epochs in Section 5.1), counted from step 0 as
+    the official code counts it (google/automl efficientnetv2/utils.py, ``WarmupLearningRateSchedule``:
+    the warm-up replaces the decayed rate for its steps, it does not delay the decay). Our
+    cosine runs from the end of the warm-up to 0, the usual PyTorch recipe; the official code's
+    cosine also counts from step 0.
     """
 
     warmup_steps: int
@@ -92,7 +104,7 @@ class WarmupThenDecay:
         if self.kind == "cosine":
             progress = min(1.0, after / max(1, self.total_steps - self.warmup_steps))
             return 0.5 * (1 + math.cos(math.pi * progress))
-        return self.decay_rate ** math.floor(after / (self.decay_epochs * self.steps_per_epoch))
+        return self.decay_rate ** math.floor(step / (self.decay_epochs * self.steps_per_epoch))
 
 
 class ModelEMA:
@@ -127,7 +139,7 @@ class ModelEMA:
             group[0].append(ema_t)
             group[1].append(model_t)
         torch._foreach_lerp_(floats[0], floats[1], 1 - decay)
-        for ema_t, model_t in zip(*integers):  # BatchNorm's num_batches_tracked: copied
+        for ema_t, model_t in zip(*integers, strict=True):  # BatchNorm's num_batches_tracked: copied
             ema_t.copy_(model_t)
 
     def state_dict(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ module works under Agg (tests, scripts) as well as inline in notebooks.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -73,12 +74,12 @@ def plot_schedule(schedules: ProgressiveSchedule | Mapping[str, ProgressiveSched
         # Stage i holds on [start_epoch, end_epoch): a post-step line through the
         # stage starts, closed at N with the last value repeated.
         edges = [s.start_epoch for s in schedule.stages] + [schedule.total_epochs]
-        for ax, (attr, _, _) in zip(axes, _SCHEDULE_PANELS):
+        for ax, (attr, _, _) in zip(axes, _SCHEDULE_PANELS, strict=True):
             values = [getattr(s, attr) for s in schedule.stages]
             ax.plot(edges, values + values[-1:], drawstyle="steps-post", color=color,
                     linewidth=2.0, label=label)
             _mark_boundaries(ax, edges[1:-1], color)
-    for ax, (_, title, ylabel) in zip(axes, _SCHEDULE_PANELS):
+    for ax, (_, title, ylabel) in zip(axes, _SCHEDULE_PANELS, strict=True):
         ax.set(title=title, xlabel="epoch", ylabel=ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
@@ -136,7 +137,7 @@ def plot_image_grid(images_by_stage: Mapping[str, Any], *, axes: Sequence[Axes] 
 
 def _stage_changes(records: Sequence[Mapping[str, Any]], x_key: str) -> list[float]:
     """x positions halfway between the last record of a stage and the first of the next."""
-    return [(prev[x_key] + cur[x_key]) / 2 for prev, cur in zip(records, records[1:])
+    return [(prev[x_key] + cur[x_key]) / 2 for prev, cur in pairwise(records)
             if "stage" in cur and cur["stage"] != prev.get("stage")]
 
 
@@ -163,9 +164,9 @@ def plot_history(history: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Ma
     for k, (name, records) in enumerate(runs.items()):
         color, prefix = f"C{k}", f"{name}: " if name else ""
 
-        def series(key):
+        def series(key, records=records):
             points = [(r[x], r[key]) for r in records if r.get(key) is not None]
-            return tuple(zip(*points)) if points else ((), ())
+            return tuple(zip(*points, strict=True)) if points else ((), ())
 
         ax_loss.plot(*series("train_loss"), color=color, label=f"{prefix}train")
         ax_acc.plot(*series("train_acc"), color=color, linestyle="--", label=f"{prefix}train")
@@ -188,13 +189,15 @@ def plot_history(history: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Ma
 
 
 def plot_time_to_accuracy(runs: Mapping[str, Sequence[Mapping[str, Any]]], *, target: float | None = None,
+                          time_key: str = "epoch_time", time_label: str = "training time (min)",
                           ax: Axes | None = None) -> Figure:
     """Test accuracy against cumulative training time, one line per run (the paper's Figure 1(a)).
 
-    runs maps a run's name to its per-epoch records (keys epoch_time, test_acc, stage); the x
-    axis is training time in minutes (evaluation excluded), so runs of different lengths
-    compare at equal cost. Dotted vertical lines in the run's colour mark its stage changes;
-    target, if given, draws a horizontal line (for example the baseline's final accuracy).
+    runs maps a run's name to its per-epoch records (keys test_acc, stage and `time_key`, the
+    epoch's seconds: measured ``epoch_time`` by default, or a load-independent cost); the x axis
+    is their running sum in minutes (evaluation excluded), so runs of different lengths compare
+    at equal cost. Dotted vertical lines in the run's colour mark its stage changes; target, if
+    given, draws a horizontal line (for example the baseline's final accuracy).
     """
     if not isinstance(runs, Mapping) or not runs:
         raise TypeError(f"runs must be a non-empty dict {{name: records}}, got {type(runs).__name__}")
@@ -202,17 +205,17 @@ def plot_time_to_accuracy(runs: Mapping[str, Sequence[Mapping[str, Any]]], *, ta
         fig, ax = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
     fig = ax.figure
     for k, (name, records) in enumerate(runs.items()):
-        if not records or not all(isinstance(r, Mapping) and "epoch_time" in r and "test_acc" in r
+        if not records or not all(isinstance(r, Mapping) and time_key in r and "test_acc" in r
                                   for r in records):
-            raise ValueError(f"run {name!r} must be a non-empty list of records with epoch_time and test_acc")
-        minutes = np.cumsum([r["epoch_time"] for r in records]) / 60
-        timed = [{**r, "minutes": m} for r, m in zip(records, minutes)]
+            raise ValueError(f"run {name!r} must be a non-empty list of records with {time_key} and test_acc")
+        minutes = np.cumsum([r[time_key] for r in records]) / 60
+        timed = [{**r, "minutes": m} for r, m in zip(records, minutes, strict=True)]
         color = f"C{k}"
         ax.plot(minutes, [100 * r["test_acc"] for r in records], color=color, marker=".", label=name)
         _mark_boundaries(ax, _stage_changes(timed, "minutes"), color)
     if target is not None:
         ax.axhline(100 * target, color="0.4", linewidth=0.8, linestyle="--")
-    ax.set(xlabel="training time (min)", ylabel="test accuracy (%)", title="Test accuracy against training time")
+    ax.set(xlabel=time_label, ylabel="test accuracy (%)", title="Test accuracy against training time")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="lower right")
     return fig

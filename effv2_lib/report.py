@@ -13,8 +13,9 @@ nothing compiled).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .checkpoint import CONFUSION_FILE, CURVES_FILE
 
@@ -63,7 +64,7 @@ def digest_history(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "reached": reached,
         "train_time_s": train_time,
         "wall_time_s": history[-1]["wall_time"],
-        "mean_images_per_s": (sum(r["images_per_s"] * t for r, t in zip(history, steady_times))
+        "mean_images_per_s": (sum(r["images_per_s"] * t for r, t in zip(history, steady_times, strict=True))
                               / max(1e-9, sum(steady_times))),
         "compile_time_s": sum(compile_times) if compile_times else None,
     }

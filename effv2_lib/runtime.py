@@ -82,9 +82,14 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA); a no-op elsewhere. Timings need it on a GPU."""
+    """Wait for the device's queued work (CUDA, MPS, XPU); a no-op on the CPU. Timings need it on
+    an accelerator, or they time the queueing of the work, not the work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+    elif device.type == "xpu":
+        torch.xpu.synchronize(device)
 
 
 def train_throughput(

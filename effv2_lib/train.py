@@ -24,11 +24,13 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .checkpoint import RUN_FILE, RunDirectoryError, read_json
+from ._cli import one_line_errors
+from .checkpoint import RUN_FILE, read_json
 from .config import LOADERS, TrainConfig, auto_config
 from .data import NORMALIZATION, CifarData
 from .model import MODEL_NAMES
@@ -199,6 +201,7 @@ def _config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool, str 
     return TrainConfig(**options), progress, note
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 done, 1 error, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -213,11 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         matplotlib.use("Agg")  # files only; no window
     if note:
         print(note)
-    try:
-        result = train(config, progress=progress, command=shlex.join(["python", "-m", "effv2_lib.train", *argv]))
-    except (NonFiniteLossError, RunDirectoryError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    result = train(config, progress=progress, command=shlex.join(["python", "-m", "effv2_lib.train", *argv]))
     return 130 if result.status == "interrupted" else 0
 
 

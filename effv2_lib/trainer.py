@@ -40,10 +40,11 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,9 +54,22 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from .augment import DeviceLoader, mixup_batch, set_dropout, train_transform
-from .checkpoint import (CHECKPOINT_FILE, CONFUSION_FILE, CURVES_FILE, HISTORY_FILE, SUMMARY_FILE, WEIGHTS_FILE,
-                         RunDirectoryError, atomic_write_json, capture_rng_state, load_checkpoint,
-                         prepare_run_dir, restore_rng_state, save_checkpoint, save_weights)
+from .checkpoint import (
+    CHECKPOINT_FILE,
+    CONFUSION_FILE,
+    CURVES_FILE,
+    HISTORY_FILE,
+    SUMMARY_FILE,
+    WEIGHTS_FILE,
+    RunDirectoryError,
+    atomic_write_json,
+    capture_rng_state,
+    load_checkpoint,
+    prepare_run_dir,
+    restore_rng_state,
+    save_checkpoint,
+    save_weights,
+)
 from .config import RUNTIME_FIELDS, TrainConfig, resolve_schedule, smoke_config
 from .data import NORMALIZATION, CifarData, CifarSplit, SampleDataWarning, hold_out, load_cifar, subset
 from .distributed import Ranks, state_digest
@@ -109,7 +123,7 @@ class _StopOnSignal:
             self.log(f"\n{signal.Signals(signum).name} received: finishing this step, saving a checkpoint, "
                      "stopping (twice more to abort without saving)")
 
-    def __enter__(self) -> "_StopOnSignal":
+    def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self.previous[signum] = signal.signal(signum, self._handle)

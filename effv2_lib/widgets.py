@@ -416,7 +416,7 @@ class AugmentationExplorer:
         weights = self.targets[index]
         top = torch.topk(weights, k=min(2, len(weights)))
         return "\n".join(f"{float(w):.2f} {self.classes[int(i)]}"
-                         for w, i in zip(top.values, top.indices) if float(w) >= 0.005)
+                         for w, i in zip(top.values, top.indices, strict=True) if float(w) >= 0.005)
 
 
 def augmentation_explorer(images: torch.Tensor, labels: Sequence[int] | torch.Tensor,

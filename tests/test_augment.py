@@ -6,13 +6,23 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 from torchvision.transforms import v2
 
 from effv2_lib import augment
-from effv2_lib.augment import (DeviceLoader, PaperRandAugment, batched_rand_augment, denormalize,
-                               eval_transform, mixup_batch, randaug_op_table, randaug_to_torchvision,
-                               set_dropout, train_transform)
+from effv2_lib.augment import (
+    DeviceLoader,
+    PaperRandAugment,
+    batched_rand_augment,
+    denormalize,
+    eval_transform,
+    mixup_batch,
+    randaug_op_table,
+    randaug_to_torchvision,
+    set_dropout,
+    train_transform,
+)
 from effv2_lib.data import CIFAR10_MEAN, CIFAR10_STD, CifarSplit, load_cifar
 
 SIZES = (16, 24, 32)
@@ -419,7 +429,7 @@ def test_device_loader_is_deterministic_under_a_generator(sample):
     def epoch(seed):
         return [batch for batch, _ in loader(sample.train, batch_size=500, seed=seed, mixup_alpha=0.2)]
     first, again, other = epoch(1), epoch(1), epoch(2)
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not torch.equal(first[0], other[0])
     torch.manual_seed(5)
     a = next(iter(DeviceLoader(sample.train, 8, device="cpu")))[0]
@@ -466,3 +476,42 @@ def test_device_loader_reads_back_only_once_per_chunk(sample, monkeypatch):
     assert len(list(loader(sample.train, **settings))) == 78 and reads == []
     assert len(list(loader(sample.train, randaug_magnitude=5, **settings))) == 78
     assert reads == ["tolist"] * 8  # RandAugment's group sizes, once for each of the 8 chunks
+
+
+# --- the private APIs the kit relies on ---------------------------------------------------------
+
+def test_torchvision_randaugment_space_keeps_the_contract_we_extend():
+    """PaperRandAugment extends torchvision's private v2.RandAugment._AUGMENTATION_SPACE; if a release
+    changes it, this says so by name instead of failing somewhere in an augmentation."""
+    space = getattr(v2.RandAugment, "_AUGMENTATION_SPACE", None)
+    where = f"torchvision {torchvision.__version__}"
+    assert isinstance(space, dict) and space, f"{where}: v2.RandAugment._AUGMENTATION_SPACE is gone or not a dict"
+    for op, entry in space.items():
+        assert isinstance(entry, tuple) and len(entry) == 2 and callable(entry[0]) and isinstance(entry[1], bool), (
+            f"{where}: _AUGMENTATION_SPACE[{op!r}] is no longer (magnitudes_fn, signed)")
+        magnitudes = entry[0](31, 32, 32)
+        assert magnitudes is None or (isinstance(magnitudes, torch.Tensor) and magnitudes.shape == (31,)), (
+            f"{where}: _AUGMENTATION_SPACE[{op!r}][0](num_bins, height, width) no longer gives num_bins magnitudes")
+
+
+def test_torch_standard_gamma_takes_a_generator():
+    """mixup_batch draws Beta(alpha, alpha) through torch's private torch._standard_gamma with a generator."""
+    assert hasattr(torch, "_standard_gamma"), f"torch {torch.__version__} has no torch._standard_gamma"
+    draws = [torch._standard_gamma(torch.full((5,), 0.4), generator=torch.Generator().manual_seed(3))
+             for _ in range(2)]
+    assert torch.equal(*draws), f"torch {torch.__version__}: _standard_gamma ignores its generator"
+
+
+@pytest.mark.parametrize("alpha", [0.2, 1.0, 3.0])
+def test_the_gamma_fallback_draws_the_gamma_distribution(alpha, monkeypatch):
+    """Without torch._standard_gamma the draws come from Marsaglia & Tsang's method: Gamma(a, 1) has
+    mean a and variance a; 40,000 draws put the sample mean within about 4 standard errors."""
+    monkeypatch.delattr(torch, "_standard_gamma")
+    generator = torch.Generator().manual_seed(0)
+    draws = augment.standard_gamma(torch.full((40_000,), alpha), generator).double()
+    assert (draws > 0).all()
+    standard_error = (alpha / len(draws)) ** 0.5
+    assert abs(draws.mean().item() - alpha) < 4 * standard_error
+    assert draws.var().item() == pytest.approx(alpha, rel=0.1)
+    again = augment.standard_gamma(torch.full((40_000,), alpha), torch.Generator().manual_seed(0))
+    assert torch.equal(again.double(), draws)  # the generator decides every draw

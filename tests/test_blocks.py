@@ -73,7 +73,8 @@ def test_mbconv_layout_and_parameter_count():
     block = MBConv(64, 128, expand_ratio=4, stride=2)
     assert [n for n, _ in block.named_children()] == ["stochastic_depth", "expand", "depthwise", "se", "project"]
     assert block.depthwise.conv.groups == 256 and block.depthwise.conv.stride == (2, 2)
-    expand, dw, se, project = 64 * 256 + 2 * 256, 256 * 9 + 2 * 256, (256 * 16 + 16) + (16 * 256 + 256), 256 * 128 + 2 * 128
+    expand, dw = 64 * 256 + 2 * 256, 256 * 9 + 2 * 256
+    se, project = (256 * 16 + 16) + (16 * 256 + 256), 256 * 128 + 2 * 128
     assert n_params(block) == expand + dw + se + project
 
 

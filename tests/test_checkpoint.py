@@ -6,8 +6,16 @@ import pytest
 import torch
 
 from effv2_lib import checkpoint
-from effv2_lib.checkpoint import (RunDirectoryError, capture_rng_state, load_checkpoint, load_weights,
-                                  prepare_run_dir, restore_rng_state, save_checkpoint, save_weights)
+from effv2_lib.checkpoint import (
+    RunDirectoryError,
+    capture_rng_state,
+    load_checkpoint,
+    load_weights,
+    prepare_run_dir,
+    restore_rng_state,
+    save_checkpoint,
+    save_weights,
+)
 
 
 def test_checkpoint_round_trip_loads_without_pickled_code(tmp_path):

@@ -13,8 +13,17 @@ import torchvision
 from PIL import Image
 
 from effv2_lib import data
-from effv2_lib.data import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_CLASSES,
-                            CifarSplit, SampleDataWarning, hold_out, load_cifar, subset)
+from effv2_lib.data import (
+    CIFAR10_CLASSES,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_CLASSES,
+    CifarSplit,
+    SampleDataWarning,
+    hold_out,
+    load_cifar,
+    subset,
+)
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -50,10 +59,40 @@ def write_npz_pair(folder: Path, n_train=20, n_test=10, num_classes=10, seed=0, 
 
 # --- the bundled sample -----------------------------------------------------------------------
 
-def test_sample_file_is_where_the_package_expects_it_and_small():
-    assert data.DATA_DIR == PROJECT / "data"
+def test_sample_is_package_data_and_small_and_downloads_stay_out_of_the_package(tmp_path, monkeypatch):
     assert data.SAMPLE_PATH.is_file()
-    assert data.SAMPLE_PATH.stat().st_size <= 8 * 2**20
+    assert str(data.SAMPLE_PATH).startswith(str(PROJECT / "effv2_lib"))  # importlib.resources, in the package
+    assert len(data.SAMPLE_PATH.read_bytes()) <= 8 * 2**20
+    assert data.DATA_DIR == PROJECT / "data"  # a source checkout downloads into its data/ folder
+    # an installed package (no data/make_sample.py beside it) downloads into the user's cache
+    monkeypatch.setattr(data, "__file__", str(tmp_path / "site-packages" / "effv2_lib" / "data.py"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert data._download_dir() == tmp_path / "cache" / "effv2"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert data._download_dir() == Path.home() / ".cache" / "effv2"
+
+
+def test_importing_the_library_changes_no_global_state():
+    # the libraries we build on set filters of their own when imported: take them first
+    code = ("import warnings, torch, torchvision, torch._dynamo, matplotlib.pyplot, ipywidgets, tqdm.auto, torchinfo; "
+            "before = list(warnings.filters); import effv2_lib, effv2_lib.train, effv2_lib.experiments, "
+            "effv2_lib.widgets, effv2_lib.bench_data; after = list(warnings.filters); "
+            "print(after == before, [f for f in after if f not in before])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("True"), result.stdout
+
+
+def test_the_sample_warning_is_shown_on_every_fallback_and_obeys_filters(no_sources):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's default: once per code location
+        for _ in range(2):  # the same call site twice: a re-run cell must warn again
+            load_cifar("cifar10")
+    assert [w.category for w in caught] == [SampleDataWarning] * 2
+    assert caught[0].filename == __file__  # attributed to the caller of load_cifar
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SampleDataWarning)
+        with pytest.raises(SampleDataWarning):
+            load_cifar("cifar10")
 
 
 def test_sample_is_real_balanced_cifar10(sample):
@@ -246,7 +285,7 @@ def test_hold_out_splits_off_a_balanced_disjoint_validation_set(sample):
     rest, held = hold_out(sample.train, 20, seed=0)
     assert held.class_counts() == [20] * 10
     assert len(rest) + len(held) == len(sample.train)
-    assert [a + b for a, b in zip(rest.class_counts(), held.class_counts())] == sample.train.class_counts()
+    assert [a + b for a, b in zip(rest.class_counts(), held.class_counts(), strict=True)] == sample.train.class_counts()
     # no image is in both: every training image lands in exactly one of the two
     flat = lambda split: {bytes(image.flatten().tolist()) for image in split.images}  # noqa: E731
     assert not flat(rest) & flat(held)

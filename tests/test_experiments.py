@@ -2,7 +2,6 @@
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -74,7 +73,7 @@ def test_the_experiment_resumes_an_interrupted_run_and_skips_finished_ones(tmp_p
     rates = json.loads((out / "throughput.json").read_text())["rates"]
     assert set(rates) == {"cifar-tiny@16", "cifar-tiny@20", "cifar-tiny@28", "cifar-tiny@32", "resnet20@32"}
     report = (out / "README.md").read_text()
-    assert "| progressive |" in report and "| fixed |" in report and "Not yet run" in report
+    assert "| progressive |" in report and "| fixed |" in report and "Not run yet" in report
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 
     # a rerun trains nothing that has finished

@@ -81,7 +81,7 @@ def test_cifar_layout_fused_early_mbconv_late():
     assert model.spec.output_stride == 8 and model.min_input_size == 8
     assert 2_000_000 < n_params(model) < 8_000_000
     size = 32 // model.spec.stem_stride
-    for stage_spec, stage in zip(model.spec.stages, model.stages):
+    for stage_spec, stage in zip(model.spec.stages, model.stages, strict=True):
         size //= stage_spec.stride
         assert (stage_spec.block == "fused") == (size >= 16)
         assert all(isinstance(b, MBConv) == (size <= 8) for b in stage)

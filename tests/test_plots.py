@@ -10,7 +10,13 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from effv2_lib.plots import (  # noqa: E402
-    STAGE_BOUNDARY_GID, plot_confusion_matrix, plot_history, plot_image_grid, plot_schedule, plot_time_to_accuracy)
+    STAGE_BOUNDARY_GID,
+    plot_confusion_matrix,
+    plot_history,
+    plot_image_grid,
+    plot_schedule,
+    plot_time_to_accuracy,
+)
 from effv2_lib.schedule import ProgressiveSchedule  # noqa: E402
 
 

@@ -38,3 +38,16 @@ def test_train_throughput_leaves_the_model_untouched():
     assert count_parameters(model) == sum(p.numel() for p in model.parameters())
     with pytest.raises(ValueError, match="image_size"):
         train_throughput(model, image_size=0)
+
+
+@pytest.mark.parametrize("kind, waits", [("cuda", "cuda"), ("mps", "mps"), ("xpu", "xpu"), ("cpu", None)])
+def test_synchronize_waits_for_every_accelerator(kind, waits, monkeypatch):
+    """Timings on MPS or XPU must wait for the queued work too, not only on CUDA."""
+    import effv2_lib.runtime as runtime
+
+    calls = []
+    for name in ("cuda", "mps", "xpu"):
+        monkeypatch.setattr(getattr(torch, name), "synchronize", lambda *a, name=name: calls.append(name),
+                            raising=False)
+    runtime.synchronize(torch.device(kind))
+    assert calls == ([waits] if waits else [])

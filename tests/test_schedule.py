@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from itertools import pairwise
 
 import pytest
 
@@ -89,7 +90,7 @@ def test_stage_lengths_differ_by_at_most_one_and_tile_the_epochs(total, stages, 
     schedule = ProgressiveSchedule(total, stages, image_size=(16, 32))
     assert column(schedule, "num_epochs") == lengths
     assert schedule.stages[0].start_epoch == 0
-    for prev, cur in zip(schedule.stages, schedule.stages[1:]):
+    for prev, cur in pairwise(schedule.stages):
         assert cur.start_epoch == prev.end_epoch
     assert schedule.stages[-1].end_epoch == total
 
@@ -97,6 +98,16 @@ def test_stage_lengths_differ_by_at_most_one_and_tile_the_epochs(total, stages, 
 def test_automl_boundaries_for_ten_epochs():
     schedule = ProgressiveSchedule(10, 4, image_size=(16, 32), rule="automl")
     assert column(schedule, "num_epochs") == [2, 3, 2, 3]  # int(i * 10 / 4)
+
+
+def test_automl_rule_holds_dropout_at_its_final_value():
+    """google/automl efficientnetv2/main.py computes linspace(0, dropout, M) per stage and then deletes
+    it: every stage trains at the model's rate. The other regularizers still ramp."""
+    schedule = ProgressiveSchedule(8, 4, image_size=(16, 32), dropout=(0.1, 0.3), randaug=(5, 15), rule="automl")
+    assert column(schedule, "dropout") == [0.3] * 4
+    assert column(schedule, "randaug_magnitude") == pytest.approx([5, 5 + 10 / 3, 5 + 20 / 3, 15])
+    paper = ProgressiveSchedule(8, 4, image_size=(16, 32), dropout=(0.1, 0.3), rule="paper")
+    assert column(paper, "dropout") == pytest.approx([0.1, 0.1 + 0.2 / 3, 0.1 + 0.4 / 3, 0.3])
 
 
 def test_at_returns_the_stage_at_its_boundaries():

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -283,7 +284,7 @@ def test_compiled_training_matches_eager_across_a_size_change(tiny_data):
     assert compiled.summary["compile_error"] is None
     assert [r["image_size"] for r in compiled.history] == [16, 20]
     assert all(r["compile_time"] is not None for r in compiled.history)
-    for ours, reference in zip(compiled.history, eager.history):  # inductor reorders float sums
+    for ours, reference in zip(compiled.history, eager.history, strict=True):  # inductor reorders float sums
         assert ours["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-2)
 
 
@@ -373,9 +374,20 @@ def test_warmup_then_cosine_and_exponential():
     cosine = WarmupThenDecay(warmup_steps=4, total_steps=20, steps_per_epoch=5)
     factors = [cosine(t) for t in range(20)]
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0] and factors[4] == 1.0
-    assert all(a >= b for a, b in zip(factors[4:], factors[5:])) and factors[-1] < 0.01
+    assert all(a >= b for a, b in pairwise(factors[4:])) and factors[-1] < 0.01
     staircase = WarmupThenDecay(0, 100, 10, kind="exponential", decay_rate=0.5, decay_epochs=2)
     assert [staircase(t) for t in (0, 19, 20, 40)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_exponential_decay_counts_from_step_0_through_the_warm_up():
+    """google/automl efficientnetv2/utils.py: lr = initial * 0.97 ** floor(step / decay_steps) on the
+    global step, with the warm-up's linear rate used instead while step < warmup_steps. By hand,
+    10 steps per epoch, decay every 2.4 epochs = 24 steps, 30 warm-up steps."""
+    paper = WarmupThenDecay(30, 1000, 10, kind="exponential")
+    assert paper(29) == 1.0  # last warm-up step: (29 + 1) / 30
+    assert paper(30) == pytest.approx(0.97)  # floor(30 / 24) = 1: the decay ran during the warm-up
+    assert paper(47) == pytest.approx(0.97) and paper(48) == pytest.approx(0.97 ** 2)
+    assert paper(240) == pytest.approx(0.97 ** 10)
 
 
 def test_no_weight_decay_on_batchnorm_and_biases():
