@@ -14,21 +14,27 @@ this module turns them into
 * `DeviceLoader`, the GPU-resident path: the whole uint8 data set on the device, crop, flip,
   resize, RandAugment, normalization and Mixup done batched there, with per-sample randomness.
 
-RandAugment magnitude, paper scale -> torchvision
--------------------------------------------------
+RandAugment magnitude, paper scale -> torchvision's ops
+-------------------------------------------------------
 The paper's magnitudes (Table 6: 5 -> 15 for S, up to 25 for L) are levels of the TensorFlow
-RandAugment of the official code, where level 10 (``_MAX_LEVEL``) is the nominal maximum and
-every op's strength grows linearly with the level (rotation 3 degrees per level, shear 0.03 per
-level, ...), so 15 and 25 extrapolate past it. torchvision's ``RandAugment(num_ops, magnitude,
-num_magnitude_bins=31)`` indexes 31 bins whose last (bin 30) is each op's strength at TF level
-10. Hence the mapping
+RandAugment of the official code (google/automl, efficientnetv2/autoaugment.py), where level
+10 (``_MAX_LEVEL``) is the nominal maximum, so 15 and 25 lie past it. This module does not
+reproduce that code's ops. It uses torchvision's RandAugment ops and ranges, reading a paper
+level m as torchvision bin round(3 * m) out of 31 (bin 30 = the end of torchvision's range):
 
     bin = round(3 * m_paper)         (`randaug_to_torchvision`, BINS_PER_LEVEL = 3)
 
-which is exact for the paper's S schedule (5, 8.33, 11.67, 15 -> bins 15, 25, 35, 45).
+For Rotate (3 degrees per level) and Shear (0.03 per level) torchvision's range is automl's, so
+there the level means the same thing. For the others it does not: in autoaugment.py
+Brightness, Color, Contrast and Sharpness use a factor 0.1 + 1.8 * level / 10 with no random
+sign (level 5 is the identity), Posterize keeps int(0.4 * level) bits (milder as the level
+rises), Solarize's threshold is 25.6 * level (no effect from level 10 on), Translate moves an
+absolute number of pixels, and the op list has 16 entries (with Invert, Cutout and SolarizeAdd,
+without Identity). torchvision's ops grow stronger with the level throughout, which is the
+behaviour the paper's argument (stronger regularization for larger images) relies on.
 Bins above 30 need ranges torchvision does not have, so `PaperRandAugment` subclasses
-torchvision's RandAugment with its magnitude table continued linearly past level 10, as the TF
-code does, up to level `MAX_PAPER_LEVEL` = 30 (91 bins). Where a continued value stops being a
+torchvision's RandAugment with its magnitude table continued linearly past bin 30 (our
+extension, not the TF code's) up to level `MAX_PAPER_LEVEL` = 30 (91 bins). Where a continued value stops being a
 valid or meaningful op it is capped (`_LEVEL_LIMITS`): colour factors 1 +- m keep m <= 0.99 so
 the factor stays positive, posterize keeps at least 1 bit, the solarize threshold stops at 0,
 and translation stops at half the image side. None of the caps binds at level <= 10, so there
@@ -138,12 +144,13 @@ def _continued(op: str, torchvision_range):
 
 
 class PaperRandAugment(v2.RandAugment):
-    """torchvision's RandAugment driven by a level on the paper's (TF) scale, 0 to 30.
+    """torchvision's RandAugment ops, driven by a level on the paper's (TF) scale, 0 to 30.
 
     For levels <= 10 it equals ``v2.RandAugment(num_ops, round(3 * level), 31)``; above, each
-    op's magnitude continues linearly as in the TF code, capped where the op stops being valid
-    (module docstring). Works per sample on uint8 [3, H, W] tensors; the random choices come
-    from torch's global generator, as in every torchvision transform.
+    op's magnitude continues torchvision's range linearly (our extension), capped where the op
+    stops being valid. The ops are torchvision's, not the official TF code's (module docstring).
+    Works per sample on uint8 [3, H, W] tensors; the random choices come from torch's global
+    generator, as in every torchvision transform.
 
     Args:
         level: magnitude on the paper's scale (Table 6 uses 5 to 25).

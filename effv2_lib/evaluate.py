@@ -8,10 +8,12 @@ Table 6 / model table). Two things then differ between training and testing:
 * the BatchNorm running statistics, which were averaged over augmented training batches at
   the training size.
 
-Touvron et al. (2019), "Fixing the train-test resolution discrepancy" (FixRes), show that the
-second costs accuracy and is cheap to repair: recompute each BatchNorm's mean and variance on
-a few batches of (unaugmented) training images at the test size, weights untouched.
-`reestimate_batchnorm` does that; the trainer measures the accuracy before and after.
+Touvron et al. (2019), "Fixing the train-test resolution discrepancy" (FixRes), show that this
+gap costs accuracy, and repair it by fine-tuning at the test size. The cheapest part of such a
+repair is to recompute each BatchNorm's mean and variance on a few batches of (unaugmented)
+training images at the test size, weights untouched: `reestimate_batchnorm` does that (it is
+not FixRes and not part of the EfficientNetV2 recipe); the trainer measures the accuracy
+before and after.
 
 Command line (evaluate saved weights, e.g. a GPU run's, on another copy of the test set)::
 
@@ -82,7 +84,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_cla
 
 @torch.no_grad()
 def reestimate_batchnorm(model: nn.Module, images: Iterable[Tensor], *, bf16: bool = False) -> int:
-    """Recompute every BatchNorm's running mean and variance on `images` (FixRes).
+    """Recompute every BatchNorm's running mean and variance on `images` (at the test size).
 
     Each BatchNorm restarts from zero statistics and averages all batches equally (momentum
     None); only the BatchNorms run in training mode, so dropout and stochastic depth stay off

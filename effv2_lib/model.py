@@ -7,8 +7,8 @@ Tan & Le, "EfficientNetV2: Smaller Models and Faster Training", ICML 2021.
   channels, number of layers L. M, L and XL are the official code's scaled-up
   tables (the paper gives only S). Each table below is that data, nothing more.
 * Section 3.3: what the search found (Fused-MBConv early, smaller expansion
-  ratios early, 3x3 kernels with more layers, the last stride-1 stage of V1
-  removed).
+  ratios early, 3x3 kernels with more layers, and for S the last stride-1 stage
+  of V1 removed; M, L and XL keep a seventh stage).
 * Head (Section 3.3 / official code): 1x1 conv to 1280 channels, global average
   pooling, dropout, linear classifier.
 * Stochastic depth (Huang et al. 2016) with survival decaying linearly over all

@@ -5,8 +5,9 @@ the run is cut into M stages (`effv2_lib.schedule.ProgressiveSchedule`); when st
 the trainer switches the training image size S_i, the head dropout rate gamma_i
 (`set_dropout`), the RandAugment magnitude epsilon_i and the Mixup alpha lambda_i
 (`effv2_lib.augment`). After the last epoch, BatchNorm statistics are re-estimated at the test
-size before the final evaluation (FixRes, Touvron et al. 2019; accuracy recorded before and
-after). The optimizer, learning-rate schedule and EMA are in `effv2_lib.optim`.
+size before the final evaluation when the last stage trained at another size (motivated by
+FixRes, Touvron et al. 2019, which fine-tunes at the test size; not part of the V2 recipe;
+accuracy recorded before and after). The optimizer, learning-rate schedule and EMA are in `effv2_lib.optim`.
 
 Speed (at CIFAR sizes a GPU is bound by launches and data movement, not FLOPs): the data stay on the
 device (`effv2_lib.augment.DeviceLoader`: crop, flip, resize, per-sample RandAugment and Mixup
@@ -302,7 +303,7 @@ class Trainer:
                                         1024 if device.type == "cuda" else 250, device=device,
                                         image_size=self.eval_size, train=False,
                                         generator=torch.Generator(device=device), **norm)
-        # FixRes: bn_batches batches of unaugmented training images, the same on every rank.
+        # BatchNorm re-estimation: bn_batches batches of unaugmented training images, the same on every rank.
         count = min(len(self.train_split), cfg.bn_batches * self.rank_batch)
         rows = torch.randperm(len(self.train_split), generator=torch.Generator().manual_seed(
             derived_seed(cfg.seed, _SEED_BN)))[:count].sort().values

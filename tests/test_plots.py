@@ -1,15 +1,11 @@
 """Plots: the figures carry the panels, lines, stage boundaries and labels they promise."""
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from effv2_lib.plots import (  # noqa: E402
+from effv2_lib.plots import (
     STAGE_BOUNDARY_GID,
     plot_confusion_matrix,
     plot_history,
@@ -17,13 +13,9 @@ from effv2_lib.plots import (  # noqa: E402
     plot_schedule,
     plot_time_to_accuracy,
 )
-from effv2_lib.schedule import ProgressiveSchedule  # noqa: E402
+from effv2_lib.schedule import ProgressiveSchedule
 
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")
 
 
 def boundaries(ax):

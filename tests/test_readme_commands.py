@@ -54,10 +54,11 @@ def shrunk(command: str, data: Path, out: Path) -> tuple:
     prefix = next(p for p in ENTRY_POINTS if command.startswith(p + " "))
     args = shlex.split(command[len(prefix):])
     args = [str(data) if a == "DIR" else a for a in args]
+    is_experiment = ENTRY_POINTS[prefix] is experiments_module.main
     for flag, value in (("--out", str(out)), ("--model", "cifar-tiny"), ("--epochs", "4")):
         if flag in args:
             args[args.index(flag) + 1] = value
-        elif flag == "--out":
+        elif flag == "--out" or (flag == "--epochs" and is_experiment):
             args += [flag, value]
     extra = ["--smoke", "--no-progress"] + (["--device", "cpu"] if ENTRY_POINTS[prefix] is train_module.main else [])
     return ENTRY_POINTS[prefix], args + extra

@@ -472,7 +472,10 @@ def test_auto_config_on_cpu_and_gpu(monkeypatch):
     cpu, text = auto_config("cpu")
     assert cpu.model == "cifar-tiny" and cpu.device == "cpu" and not cpu.full_data_only
     assert "CPU classroom run" in text and cpu.out.startswith("runs/auto-cpu-")
+    assert "make experiment" not in text  # no full data: nothing to point at
     assert resolve_schedule(cpu).num_stages == 4
+    with_data, text = auto_config("cpu", data_dir="/data/cifar10")
+    assert with_data.subset_per_class == 250 and "make experiment DATA=DIR" in text  # the real run, and its cost
     monkeypatch.setattr(config_module, "pick_device", lambda preference=None: torch.device("cuda"))
     gpu, text = auto_config(data_dir="/data/cifar10")
     assert gpu.model == "cifar" and gpu.full_data_only and gpu.data_dir == "/data/cifar10" and not gpu.download

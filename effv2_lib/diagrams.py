@@ -1,0 +1,178 @@
+"""Architecture figures drawn from the objects that compute: a change to a table changes its figure.
+
+Tan & Le (2021), Figure 2 draws MBConv and Fused-MBConv; Table 4 lists V2-S's stages. Here
+
+* `plot_block` draws one block (`effv2_lib.blocks.MBConv` or `FusedMBConv`) layer by layer, with
+  the tensor shape after each layer measured by running the block on a zero input, the
+  squeeze-and-excitation branch, and the residual with its stochastic-depth probability;
+* `plot_network` draws a network's stem, stages and head from its `ModelSpec` (one small square
+  per block, coloured by operator), with the feature-map size each stage sees at a given input;
+* `plot_stochastic_depth` draws the drop probability of every block of a built network, read
+  from its `StochasticDepth` modules: blocks without a residual (the first of a stage that
+  changes the width or the stride) are never dropped, and are drawn as such.
+
+Every function returns the Figure and draws nothing it did not read from the model.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch, Rectangle
+from torch import nn
+
+from ._checks import check_int
+from .blocks import ConvBNAct, FusedMBConv, MBConv, SqueezeExcitation, StochasticDepth
+from .model import EfficientNetV2, ModelSpec
+
+__all__ = ["BLOCK_COLORS", "describe_layers", "plot_block", "plot_network", "plot_stochastic_depth"]
+
+BLOCK_COLORS = {"fused": "#f4a261", "mbconv": "#5fa8d3", "stem": "#cccccc", "head": "#cccccc"}
+BLOCK_GID, STAGE_GID = "block", "stage"  # gids of the patches, for tests and for reading a figure
+
+
+def _layer_label(name: str, layer: nn.Module) -> str:
+    if isinstance(layer, ConvBNAct):
+        conv = layer.conv
+        k, stride = conv.kernel_size[0], conv.stride[0]
+        kind = "depthwise " if conv.groups > 1 else ""
+        text = f"{name}: {k}x{k} {kind}conv, {conv.in_channels}->{conv.out_channels}"
+        text += f", stride {stride}" if stride > 1 else ""
+        return text + (" + BN + SiLU" if hasattr(layer, "act") else " + BN (linear)")
+    if isinstance(layer, SqueezeExcitation):
+        c, squeeze = layer.reduce.in_channels, layer.reduce.out_channels
+        return f"{name}: pool, 1x1 {c}->{squeeze}, SiLU, 1x1 {squeeze}->{c}, sigmoid, x input"
+    return f"{name}: {type(layer).__name__}"
+
+
+def describe_layers(block: MBConv | FusedMBConv, size: int) -> list[tuple[str, tuple[int, ...]]]:
+    """[(label, output shape [C, H, W])] of `block`'s layers in the order they run, measured on a
+    zero input of [1, C_in, size, size]; the first entry is the input."""
+    if not isinstance(block, (MBConv, FusedMBConv)):
+        raise TypeError(f"block must be an MBConv or FusedMBConv, got {type(block).__name__}")
+    size = check_int("size", size, 1)
+    x = torch.zeros(1, block.in_channels, size, size)
+    rows = [("input", tuple(x.shape[1:]))]
+    was_training = block.training
+    block.eval()
+    with torch.no_grad():
+        for name, layer in block.named_children():
+            if name == "stochastic_depth":
+                continue
+            x = layer(x)
+            rows.append((_layer_label(name, layer), tuple(x.shape[1:])))
+    block.train(was_training)
+    return rows
+
+
+def _box(ax: Axes, x: float, y: float, w: float, h: float, text: str, color: str, gid: str) -> None:
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02", facecolor=color,
+                                edgecolor="0.25", gid=gid))
+    ax.text(x, y, text, ha="center", va="center", fontsize=10)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def plot_block(block: MBConv | FusedMBConv, size: int, *, title: str | None = None, ax: Axes | None = None) -> Figure:
+    """One block, top to bottom: its layers with the shape after each, the residual on the right."""
+    rows = describe_layers(block, size)
+    kind = "MBConv" if isinstance(block, MBConv) else "Fused-MBConv"
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 1.0 + 0.95 * len(rows)), layout="constrained")
+    color = BLOCK_COLORS["mbconv" if isinstance(block, MBConv) else "fused"]
+    ys = [len(rows) - i for i in range(len(rows))]
+    for (label, shape), y in zip(rows, ys, strict=True):
+        is_input = label == "input"
+        _box(ax, 0, y, 7.6, 0.5, "input" if is_input else label, "white" if is_input else color, BLOCK_GID)
+        ax.text(3.95, y - 0.38, _shape(shape), fontsize=9, color="0.3", ha="left")
+    for y0, y1 in zip(ys, ys[1:], strict=False):
+        ax.annotate("", (0, y1 + 0.27), (0, y0 - 0.27), arrowprops=dict(arrowstyle="->", color="0.3"))
+    bottom = ys[-1] - 1
+    if block.has_residual:
+        p = block.stochastic_depth.p
+        ax.plot([-4.2, -4.2], [ys[0], bottom], color="C2", linewidth=2)
+        ax.annotate("", (-0.35, bottom), (-4.2, bottom), arrowprops=dict(arrowstyle="->", color="C2", linewidth=2))
+        ax.text(-4.3, (ys[0] + bottom) / 2, f"residual\n(branch dropped\nwith p = {p:.3g}\nin training)",
+                ha="right", va="center", fontsize=9, color="C2")
+        ax.annotate("", (0, bottom + 0.3), (0, ys[-1] - 0.27), arrowprops=dict(arrowstyle="->", color="0.3"))
+        ax.text(0, bottom, "+", ha="center", va="center", fontsize=16, color="C2",
+                bbox=dict(boxstyle="circle", facecolor="white", edgecolor="C2"))
+    else:
+        ax.text(0, bottom + 0.45, "no residual (stride or width changes)", ha="center", fontsize=9, color="0.4")
+    ax.set_xlim(-6.8, 6.2)
+    ax.set_ylim(bottom - 0.6, ys[0] + 0.7)
+    ax.axis("off")
+    ax.set_title(title or f"{kind} at {size} x {size} px: [C, H, W] after each layer")
+    return ax.figure
+
+
+def plot_network(model: EfficientNetV2 | ModelSpec, image_size: int | None = None, *,
+                 ax: Axes | None = None) -> Figure:
+    """Stem, stages and head from the stage table: a row per stage, a square per block.
+
+    image_size (default: the spec's evaluation size) sets the map sizes written beside each stage.
+    """
+    spec = model.spec if isinstance(model, EfficientNetV2) else model
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"model must be an EfficientNetV2 or a ModelSpec, got {type(model).__name__}")
+    size = check_int("image_size", image_size if image_size is not None else spec.eval_size, 1)
+    rows = len(spec.stages) + 2
+    longest = max(s.num_layers for s in spec.stages)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(12, 0.55 * rows + 1.2), layout="constrained")
+    side = size // spec.stem_stride
+
+    def row(y: float, label: str, detail: str) -> None:
+        ax.text(-0.3, y, label, ha="right", va="center", fontsize=10, fontweight="bold")
+        ax.text(longest + 0.5, y, detail, ha="left", va="center", fontsize=9)
+
+    y = rows - 1
+    ax.add_patch(Rectangle((0, y - 0.35), 1, 0.7, facecolor=BLOCK_COLORS["stem"], edgecolor="0.3", gid=STAGE_GID))
+    row(y, "stem", f"3x3 conv, stride {spec.stem_stride}, 3->{spec.stages[0].in_channels}, map {side} x {side}")
+    for i, stage in enumerate(spec.stages, 1):
+        y -= 1
+        side = -(-side // stage.stride)  # ceil: padding keeps a border pixel
+        for j in range(stage.num_layers):
+            ax.add_patch(Rectangle((j + 0.05, y - 0.35), 0.9, 0.7, facecolor=BLOCK_COLORS[stage.block],
+                                   edgecolor="0.3", gid=BLOCK_GID))
+        op = "Fused-MBConv" if stage.block == "fused" else "MBConv + SE"
+        row(y, f"stage {i}", f"{op}, e{stage.expand_ratio:g}, k{stage.kernel_size}, s{stage.stride}, "
+                             f"{stage.in_channels}->{stage.out_channels}, x{stage.num_layers}, map {side} x {side}")
+    y -= 1
+    ax.add_patch(Rectangle((0, y - 0.35), 1, 0.7, facecolor=BLOCK_COLORS["head"], edgecolor="0.3", gid=STAGE_GID))
+    row(y, "head", f"1x1 conv ->{spec.head_channels}, pool, dropout {spec.dropout:g}, linear")
+    ax.set_xlim(-2.2, longest + 14)
+    ax.set_ylim(-0.7, rows - 0.3)
+    ax.axis("off")
+    ax.set_title(f"{spec.name}: {len(spec.stages)} stages, {spec.num_blocks} blocks, output stride "
+                 f"{spec.output_stride}, maps at {size} px input (orange: Fused-MBConv, blue: MBConv)")
+    return ax.figure
+
+
+def plot_stochastic_depth(model: EfficientNetV2, *, ax: Axes | None = None) -> Figure:
+    """Drop probability of each block's residual branch, as the built network holds it."""
+    if not isinstance(model, EfficientNetV2):
+        raise TypeError(f"model must be an EfficientNetV2, got {type(model).__name__}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 3.2), layout="constrained")
+    index = 0
+    for i, stage in enumerate(model.stages):
+        for block in stage:
+            depth = next(m for m in block.modules() if isinstance(m, StochasticDepth))
+            color = f"C{i % 10}"
+            if block.has_residual:
+                ax.bar(index, depth.p, color=color, gid=BLOCK_GID)
+            else:  # nothing to drop: the branch is the whole output
+                ax.bar(index, 0.004, color="white", edgecolor=color, hatch="///", gid=BLOCK_GID)
+            index += 1
+        ax.text(index - len(stage) / 2 - 0.5, -0.02, f"stage {i + 1}", ha="center", va="top", fontsize=8)
+    ax.set(xlabel="block (network order)", ylabel="drop probability p",
+           title=f"{model.name}: stochastic depth per block (hatched: no residual, never dropped)")
+    ax.set_xlim(-1, index)
+    ax.set_ylim(-0.06, None)
+    ax.set_xticks([])
+    return ax.figure

@@ -1,0 +1,62 @@
+"""Architecture figures: what they draw is read from the models, so it follows the tables."""
+
+import pytest
+
+from effv2_lib import MODEL_SPECS, efficientnetv2_cifar, efficientnetv2_s, scale_spec
+from effv2_lib.blocks import FusedMBConv, MBConv
+from effv2_lib.diagrams import BLOCK_GID, describe_layers, plot_block, plot_network, plot_stochastic_depth
+
+pytestmark = pytest.mark.usefixtures("close_figures")
+
+
+def patches(fig, gid=BLOCK_GID):
+    return [p for ax in fig.axes for p in ax.patches if p.get_gid() == gid]
+
+
+def texts(fig):
+    return "\n".join(t.get_text() for ax in fig.axes for t in ax.texts) + fig.axes[0].get_title()
+
+
+def test_the_v2_s_figure_has_its_6_stages_and_40_blocks_from_the_spec():
+    fig = plot_network(efficientnetv2_s())
+    assert len(patches(fig)) == 40
+    words = texts(fig)
+    assert "6 stages, 40 blocks, output stride 32" in words
+    assert "160->256, x15, map 12 x 12" in words  # stage 6 at the 384 px evaluation size
+    assert sum(f"stage {i}" in words for i in range(1, 8)) == 6
+    deeper = scale_spec(MODEL_SPECS["s"], depth_mult=1.5)
+    # ceil(L x 1.5) per stage: 3 + 6 + 6 + 9 + 14 + 23; a change to the table changes the figure
+    assert len(patches(plot_network(deeper))) == deeper.num_blocks == 61
+
+
+def test_the_cifar_figure_shows_output_stride_8():
+    words = texts(plot_network(efficientnetv2_cifar(), 32))
+    assert "output stride 8" in words and "map 4 x 4" in words and "stride 1" in words
+
+
+def test_block_layers_and_shapes_are_measured_on_the_block():
+    rows = describe_layers(MBConv(64, 128, expand_ratio=4, stride=2), 16)
+    assert [shape for _, shape in rows] == [(64, 16, 16), (256, 16, 16), (256, 8, 8), (256, 8, 8), (128, 8, 8)]
+    assert "depthwise" in rows[2][0] and "stride 2" in rows[2][0] and "1x1 256->16" in rows[3][0]
+    fused = describe_layers(FusedMBConv(24, 24, expand_ratio=1), 32)
+    assert [shape for _, shape in fused] == [(24, 32, 32), (24, 32, 32)]
+    with pytest.raises(TypeError):
+        describe_layers(efficientnetv2_s(), 32)
+
+
+def test_block_figure_draws_the_residual_only_where_there_is_one():
+    with_residual = texts(plot_block(MBConv(32, 32, stochastic_depth_prob=0.1), 8))
+    assert "p = 0.1" in with_residual and "no residual" not in with_residual
+    assert "no residual" in texts(plot_block(FusedMBConv(24, 48, expand_ratio=4, stride=2), 8))
+
+
+def test_stochastic_depth_bars_are_the_networks_own_probabilities():
+    model = efficientnetv2_s()
+    bars = patches(plot_stochastic_depth(model))
+    blocks = [block for stage in model.stages for block in stage]
+    assert len(bars) == 40
+    for bar, block in zip(bars, blocks, strict=True):
+        if block.has_residual:
+            assert bar.get_height() == pytest.approx(block.stochastic_depth.p)
+        else:
+            assert bar.get_hatch() == "///"  # never dropped: no sawtooth through a missing residual
