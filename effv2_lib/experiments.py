@@ -48,7 +48,7 @@ from .runtime import hardware, is_smoke, train_throughput
 from .schedule import ProgressiveSchedule
 
 __all__ = ["RUN_NAMES", "ExperimentRun", "plan_cpu_cifar10", "measure_throughput", "run_cost",
-           "run_experiment", "load_results", "write_report", "main"]
+           "run_experiment", "load_results", "results_table", "write_report", "main"]
 
 RUN_NAMES = ("progressive", "fixed", "progressive-fixed-reg", "fixed-time-matched", "resnet20-time-matched")
 THROUGHPUT_FILE = "throughput.json"
@@ -243,6 +243,31 @@ def load_results(out: str | Path) -> tuple[dict[str, tuple[dict, list, list]], d
     return finished, throughput
 
 
+def results_table(finished: dict[str, tuple[dict, list, list]]) -> list[str]:
+    """The Markdown table of `load_results`' finished runs: one row per run, every figure from its files."""
+    targets = {name: finished[name][0]["final_test_acc"] for name in ("fixed", "progressive") if name in finished}
+    lines = [
+        "| run | model | epochs | sizes (px) | test acc. | BN re-est. (before / after) | cost (min) | wall (min) "
+        "| cost to reach progressive's acc. (min) | cost to reach fixed's acc. (min) | load avg. (mean, max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, (summary, history, loads) in finished.items():
+        schedule = ProgressiveSchedule.from_dict(summary["schedule"])
+        sizes = " -> ".join(str(s.image_size) for s in schedule.stages)
+        bn = summary["bn_reestimation"]
+        bn_text = (f"{100 * bn['test_acc_before']:.2f}% / {100 * bn['test_acc_after']:.2f}%" if bn["applied"]
+                   else "not applied")
+        values = [entry["load_average_1min"] for entry in loads]
+        load = f"{statistics.mean(values):.2f}, {max(values):.2f}" if values else "-"
+        reach = [_minutes(_time_to_reach(history, targets[other], "cost_time")) if other in targets else "-"
+                 for other in ("progressive", "fixed")]
+        lines.append(f"| {name} | {summary['model']} ({summary['params'] / 1e6:.2f}M) | {summary['epochs_done']} "
+                     f"| {sizes} | {100 * summary['final_test_acc']:.2f}% | {bn_text} "
+                     f"| {sum(r['cost_time'] for r in history) / 60:.1f} | {summary['train_time_s'] / 60:.1f} "
+                     f"| {reach[0]} | {reach[1]} | {load} |")
+    return lines
+
+
 def write_report(out: str | Path) -> Path:
     """OUT/README.md (the table) and OUT/comparison.png from the finished runs in `out`."""
     import matplotlib.pyplot as plt
@@ -264,23 +289,8 @@ def write_report(out: str | Path) -> Path:
         "throughput.json before the first run; it does not move with the machine's load, so runs compare",
         "on it. Wall: the measured time of the training steps (evaluation excluded), with the load average.",
         "",
-        "| run | model | epochs | sizes (px) | test acc. | BN re-est. (before / after) | cost (min) "
-        "| wall (min) | cost to reach fixed's acc. (min) | load avg. (mean, max) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *results_table(finished),
     ]
-    for name, (summary, history, loads) in finished.items():
-        schedule = ProgressiveSchedule.from_dict(summary["schedule"])
-        sizes = " -> ".join(str(s.image_size) for s in schedule.stages)
-        bn = summary["bn_reestimation"]
-        bn_text = (f"{100 * bn['test_acc_before']:.2f}% / {100 * bn['test_acc_after']:.2f}%" if bn["applied"]
-                   else "not applied")
-        values = [entry["load_average_1min"] for entry in loads]
-        load = f"{statistics.mean(values):.2f}, {max(values):.2f}" if values else "-"
-        reach = _minutes(_time_to_reach(history, target, "cost_time")) if target is not None else "-"
-        lines.append(f"| {name} | {summary['model']} ({summary['params'] / 1e6:.2f}M) | {summary['epochs_done']} "
-                     f"| {sizes} | {100 * summary['final_test_acc']:.2f}% | {bn_text} "
-                     f"| {sum(r['cost_time'] for r in history) / 60:.1f} | {summary['train_time_s'] / 60:.1f} "
-                     f"| {reach} | {load} |")
     missing = [name for name in RUN_NAMES if name not in finished]
     if missing:
         lines += ["", f"Not run yet (or still running): {', '.join(missing)}."]
