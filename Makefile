@@ -31,7 +31,7 @@ train: $(STAMP)
 	$(PY) -m effv2_lib.train --auto
 
 # The CPU CIFAR-10 experiment (effv2_lib.experiments): five runs on the full data set, one after
-# the other, about 2.5 hours on 2 cores; rerun to resume. DATA: a directory with train.npz/test.npz.
+# the other, about 2.2 hours on 2 quiet cores; rerun to resume. DATA: a directory with train.npz/test.npz.
 DATA ?= $(EFFV2_DATA)
 experiment: $(STAMP)
 	@test -n "$(DATA)" || { echo "make experiment needs DATA=DIR (a directory with CIFAR-10's train.npz and test.npz)"; exit 2; }

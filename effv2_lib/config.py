@@ -205,7 +205,8 @@ def auto_config(device: str | None = None, data_dir: str | None = None) -> tuple
 # What `make train` on a CPU says when the full data set is at hand (figures: results/cpu-cifar10).
 CPU_EXPERIMENT_NOTE = (
     "With the full CIFAR-10 at hand, the real CPU experiment trains cifar-tiny on all 50,000 images: progressive "
-    "against fixed-size training, the regularization ablation and time-matched baselines, five runs that took "
-    "about 2.4 hours on a 2-core x86-64 CPU (each about 20-35 minutes; results/cpu-cifar10). Start it with "
+    "against fixed-size training, the regularization ablation and time-matched baselines, five runs of 20-35 "
+    "minutes of training each on a quiet 2-core x86-64 CPU, about 2.2 hours in all with evaluation (an estimate from "
+    "each run's measured cost; results/cpu-cifar10). Start it with "
     "`make experiment DATA=DIR` or `python -m effv2_lib.experiments cpu-cifar10 --data DIR --out "
     "results/cpu-cifar10`; it resumes where it stopped when run again.")
