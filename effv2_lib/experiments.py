@@ -42,7 +42,7 @@ from typing import Any
 from ._checks import check_int
 from ._cli import one_line_errors
 from .checkpoint import HISTORY_FILE, RUN_FILE, SUMMARY_FILE, atomic_write_json, read_json
-from .config import TrainConfig, resolve_schedule
+from .config import SMOKE, TrainConfig, resolve_schedule
 from .model import build_model
 from .runtime import hardware, is_smoke, train_throughput
 from .schedule import ProgressiveSchedule
@@ -181,10 +181,10 @@ def run_experiment(name: str, data_dir: str | None, out: str | Path, *, epochs: 
     else:  # measured before any training, while the machine is as quiet as it will be
         sizes = sorted({s.image_size for r in plan for s in resolve_schedule(r.config).stages})
         timing = dict(steps=1, warmup=0, repeats=1) if smoke else {}
-        throughput = measure_throughput({"cifar-tiny": sizes, "resnet20": [sizes[-1]]},
-                                        20 if smoke else plan[0].config.batch_size, **timing)
+        batch = SMOKE["batch_size"] if smoke else plan[0].config.batch_size
+        throughput = measure_throughput({"cifar-tiny": sizes, "resnet20": [sizes[-1]]}, batch, **timing)
         atomic_write_json(throughput_file, throughput)
-    train_images = 100 if smoke else 50_000
+    train_images = 10 * SMOKE["subset_per_class"] if smoke else 50_000  # CIFAR-10: 10 classes
     plan = plan_cpu_cifar10(data_dir, out, epochs=epochs, seed=seed, smoke=smoke, rates=throughput["rates"],
                             train_images=train_images)
     for run in plan:
