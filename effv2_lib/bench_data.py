@@ -36,17 +36,9 @@ import torch
 import torchvision
 
 from ._cli import one_line_errors
-from .augment import (
-    RANDAUG_FILL,
-    RANDAUG_OPS,
-    DeviceLoader,
-    batched_rand_augment,
-    draw_randaug_groups,
-    mixup_batch,
-    randaug_op_table,
-    train_transform,
-)
+from .augment import DeviceLoader, mixup_batch, train_transform
 from .data import NORMALIZATION, SampleDataWarning, load_cifar
+from .randaugment import RANDAUG_FILL, RANDAUG_OPS, batched_rand_augment, draw_randaug_groups, randaug_op_table
 from .runtime import synchronize
 
 

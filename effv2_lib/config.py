@@ -138,12 +138,17 @@ def resolve_schedule(config: TrainConfig) -> ProgressiveSchedule:
         if config.epochs is not None and config.epochs != schedule.total_epochs:
             raise ValueError(f"epochs={config.epochs} disagrees with the explicit schedule's "
                              f"{schedule.total_epochs} epochs; give one of them")
+    elif config.fixed_size is not None:
+        # Only the preset's final stage is used, so its default length keeps every stage non-empty
+        # whatever `epochs` the fixed run has (even fewer than the preset has stages).
+        schedule = ProgressiveSchedule.from_preset(config.preset)
     else:
         schedule = ProgressiveSchedule.from_preset(config.preset, config.epochs)
     if config.fixed_size is not None:
         last = schedule.stages[-1]
+        epochs = config.epochs if config.epochs is not None else schedule.total_epochs
         schedule = ProgressiveSchedule.fixed(
-            schedule.total_epochs, config.fixed_size, dropout=last.dropout,
+            epochs, config.fixed_size, dropout=last.dropout,
             randaug=last.randaug_magnitude, mixup=last.mixup_alpha,
             name=f"{schedule.name or 'schedule'} fixed at {config.fixed_size} px")
     return schedule
@@ -152,11 +157,16 @@ def resolve_schedule(config: TrainConfig) -> ProgressiveSchedule:
 def smoke_config(config: TrainConfig) -> TrainConfig:
     """The config shrunk for a pipeline check on 10 images per class: one epoch per stage, or
     `config.epochs` when they were given (on 10 images per class they take seconds too)."""
-    schedule = resolve_schedule(replace(config, fixed_size=None))
-    epochs = config.epochs if config.epochs is not None else schedule.num_stages
+    if config.fixed_size is None:
+        schedule = resolve_schedule(config)
+        epochs = config.epochs if config.epochs is not None else schedule.num_stages
+    else:  # the one fixed stage takes any number of epochs, by default one per stage it replaces
+        schedule = resolve_schedule(replace(config, epochs=None))
+        epochs = (config.epochs if config.epochs is not None
+                  else resolve_schedule(replace(config, fixed_size=None, epochs=None)).num_stages)
     shrunk = replace(schedule, total_epochs=epochs).to_dict()
     shrunk.pop("stages")
-    return replace(config, schedule=shrunk, epochs=None, smoke=False, **SMOKE)
+    return replace(config, schedule=shrunk, fixed_size=None, epochs=None, smoke=False, **SMOKE)
 
 
 def _full_data_available(dataset: str, data_dir: str | None) -> bool:

@@ -64,8 +64,9 @@ def plot_schedule(schedules: ProgressiveSchedule | Mapping[str, ProgressiveSched
 
     Several schedules (e.g. {"paper-s": ..., "automl-s": ...}) are overlaid in each
     panel with a legend; dotted vertical lines in the schedule's colour mark where
-    its stages begin. axes: four Axes to draw on (image size, dropout, RandAugment,
-    Mixup), or None for a new 1 x 4 figure.
+    its stages begin. A schedule with CutMix (the automl rule for V2-M and V2-L) adds it as
+    a dashed line in the Mixup panel. axes: four Axes to draw on (image size, dropout,
+    RandAugment, Mixup), or None for a new 1 x 4 figure.
     """
     named = _named(schedules, ProgressiveSchedule, "schedule")
     fig, axes = _axes_or_new(axes, len(_SCHEDULE_PANELS))
@@ -79,6 +80,11 @@ def plot_schedule(schedules: ProgressiveSchedule | Mapping[str, ProgressiveSched
             ax.plot(edges, values + values[-1:], drawstyle="steps-post", color=color,
                     linewidth=2.0, label=label)
             _mark_boundaries(ax, edges[1:-1], color)
+        cutmix = [s.cutmix_alpha for s in schedule.stages]
+        if any(cutmix):  # the automl rule's CutMix, on the Mixup panel (its alpha ramps the same way)
+            axes[-1].plot(edges, cutmix + cutmix[-1:], drawstyle="steps-post", color=color, linewidth=1.5,
+                          linestyle="--", label=f"{label}: CutMix $\\alpha$")
+            axes[-1].legend(fontsize="small")
     for ax, (_, title, ylabel) in zip(axes, _SCHEDULE_PANELS, strict=True):
         ax.set(title=title, xlabel="epoch", ylabel=ylabel)
         ax.grid(alpha=0.3)

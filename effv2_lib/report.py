@@ -5,7 +5,7 @@ The trainer appends one record per epoch to ``history.json`` (keys below) and en
 an old run directory shows the same things the run printed.
 
 History record keys: epoch (1-based), stage, image_size, dropout, randaug_magnitude,
-randaug_applied, mixup_alpha, train_loss, train_acc, test_acc (and test_acc_raw with EMA),
+randaug_applied, mixup_alpha, cutmix_alpha, train_loss, train_acc, test_acc (and test_acc_raw with EMA),
 images_per_s (training throughput, compiling excluded), epoch_time (including compiling), wall_time,
 lr, compile_time (seconds the first step at a new size took beyond a usual step; None when
 nothing compiled).

@@ -38,6 +38,19 @@ efficientnetv2) does, which departs from the paper in three places:
   deleted: the model keeps its configured rate throughout. So this rule holds
   dropout at the final value gamma_e in every stage, whatever gamma_0 says.
 
+Two more differences are not in the stage rule itself, so they are schedule
+fields whose defaults follow the rule:
+
+* ``cutmix``: the configs of V2-M and V2-L set ``cutmix_alpha`` equal to
+  ``mixup_alpha`` (V2-S has neither), main.py ramps it over the stages exactly
+  like Mixup, and datasets.py (``mixing``) then gives the first half of each
+  batch Mixup and the second half CutMix. Under ``rule="automl"`` the CutMix pair
+  defaults to the Mixup pair; under the paper's rule to (0, 0), since the paper
+  does not mention CutMix.
+* ``randaug_ops``: which RandAugment op table the magnitude drives, "automl"
+  (autoaugment.py's 16 ops and formulas) under the automl rule, "torchvision"
+  (torchvision's ops on the paper's level scale) otherwise; see effv2_lib.randaugment.
+
 The official code's regularization endpoints also differ from Table 6 (RandAugment
 ends at 10 / 15 / 20 for S / M / L instead of 15 / 20 / 25, dropout is the model's
 0.2 / 0.3 / 0.4 instead of 0.3 / 0.4 / 0.5), which users have asked about (automl
@@ -50,7 +63,7 @@ corner case not reproduced here.)
 
 RandAugment magnitudes are on the paper's scale, the TensorFlow RandAugment
 level where 10 is the nominal maximum distortion (so the paper's 15 is 1.5x
-that); ``effv2_lib.augment`` maps it to torchvision's bins.
+that); ``effv2_lib.randaugment`` reads it with either op table.
 """
 
 from __future__ import annotations
@@ -66,6 +79,7 @@ from ._checks import check_choice, check_int, check_real
 __all__ = ["Stage", "ProgressiveSchedule", "PRESETS", "RULES"]
 
 RULES = ("paper", "automl")
+RANDAUG_OP_TABLES = ("torchvision", "automl")  # effv2_lib.randaugment implements each
 MIN_IMAGE_SIZE = 8  # px; smaller inputs leave nothing for a stride-8 network to see
 MAX_RANDAUG = 30.0  # the range RandAugment's own magnitude sweep covers (paper scale)
 
@@ -81,6 +95,8 @@ class Stage:
     dropout: float  # gamma_i, dropout rate before the classifier
     randaug_magnitude: float  # epsilon_i, RandAugment magnitude (paper / TF scale)
     mixup_alpha: float  # lambda_i, Mixup Beta(alpha, alpha) parameter; 0 = off
+    cutmix_alpha: float = 0.0  # CutMix Beta(alpha, alpha) parameter (automl's M and L); 0 = off
+    randaug_ops: str = "torchvision"  # RandAugment op table, one of RANDAUG_OP_TABLES
 
     @property
     def num_epochs(self) -> int:
@@ -100,7 +116,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # main.py): train sizes 300 / 384 / 384 from ibase 128, RandAugment
     # linspace(5, 10 / 15 / 20, M), Mixup linspace(0, 0 / 0.2 / 0.5, M), dropout
     # held at the model's 0.2 / 0.3 / 0.4 (its ramp is computed, then deleted; the
-    # rule itself holds it, these pairs only say so).
+    # rule itself holds it, these pairs only say so). The rule also gives them
+    # CutMix = Mixup and automl's RandAugment op table (see the module docstring).
     "automl-s": dict(total_epochs=350, num_stages=4, image_size=(128, 300),
                      dropout=(0.2, 0.2), randaug=(5, 10), mixup=(0, 0), rule="automl"),
     "automl-m": dict(total_epochs=350, num_stages=4, image_size=(128, 384),
@@ -176,6 +193,8 @@ class ProgressiveSchedule:
     unrounded floats. M = 1 is ordinary fixed-size training at S_e with the final
     regularization. rule is "paper" (Algorithm 1) or "automl" (the official
     code's variant, see the module docstring). name labels tables and plots.
+    cutmix and randaug_ops default to what the rule implies: (0, 0) and
+    "torchvision" for the paper, the Mixup pair and "automl" for automl.
     """
 
     total_epochs: int  # N
@@ -187,6 +206,8 @@ class ProgressiveSchedule:
     size_multiple: int = 1
     rule: str = "paper"
     name: str = ""
+    cutmix: tuple[float, float] | None = None  # CutMix (alpha_0, alpha_e); None: the rule's default
+    randaug_ops: str | None = None  # "torchvision" or "automl"; None: the rule's default
     stages: tuple[Stage, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -209,6 +230,11 @@ class ProgressiveSchedule:
         randaug = _check_real_pair("randaug", self.randaug, 0.0, MAX_RANDAUG, f"in [0, {MAX_RANDAUG:g}]")
         mixup = _check_real_pair("mixup", self.mixup, 0.0, math.inf, "a finite number >= 0")
         check_choice("rule", self.rule, RULES)
+        automl = self.rule == "automl"
+        cutmix = _check_real_pair("cutmix", self.cutmix if self.cutmix is not None else
+                                  (mixup if automl else (0.0, 0.0)), 0.0, math.inf, "a finite number >= 0")
+        randaug_ops = check_choice("randaug_ops", self.randaug_ops if self.randaug_ops is not None else
+                                   ("automl" if automl else "torchvision"), RANDAUG_OP_TABLES)
         if not isinstance(self.name, str):
             raise TypeError(f"name must be a str, got {type(self.name).__name__} {self.name!r}")
 
@@ -217,7 +243,8 @@ class ProgressiveSchedule:
         set_field = object.__setattr__  # frozen dataclass: fields are set once, here
         for key, value in dict(total_epochs=n, num_stages=m, size_multiple=multiple,
                                image_size=sizes,
-                               dropout=dropout, randaug=randaug, mixup=mixup).items():
+                               dropout=dropout, randaug=randaug, mixup=mixup, cutmix=cutmix,
+                               randaug_ops=randaug_ops).items():
             set_field(self, key, value)
         set_field(self, "stages", self._build_stages())
 
@@ -241,7 +268,8 @@ class ProgressiveSchedule:
             Stage(index=i, start_epoch=starts[i], end_epoch=starts[i + 1], image_size=sizes[i],
                   dropout=_interpolate(dropout_start, self.dropout[1], i, m),
                   randaug_magnitude=_interpolate(*self.randaug, i, m),
-                  mixup_alpha=_interpolate(*self.mixup, i, m))
+                  mixup_alpha=_interpolate(*self.mixup, i, m),
+                  cutmix_alpha=_interpolate(*self.cutmix, i, m), randaug_ops=self.randaug_ops)
             for i in range(m))
 
     # ----------------------------------------------------------------------------- queries
@@ -259,10 +287,15 @@ class ProgressiveSchedule:
         """The stages as a plain-text table (regularizers rounded for display only)."""
         title = f"{self.name or 'schedule'}: {self.total_epochs} epochs in {self.num_stages} " \
                 f"stage{'s' if self.num_stages > 1 else ''} (rule: {self.rule})"
-        header = ("stage", "epochs", "n", "size px", "dropout", "RandAug", "Mixup a")
+        if self.randaug_ops != "torchvision":
+            title += f", {self.randaug_ops} RandAugment ops"
+        with_cutmix = any(s.cutmix_alpha for s in self.stages)  # a column only when it is on
+        header = ("stage", "epochs", "n", "size px", "dropout", "RandAug", "Mixup a") + (
+            ("CutMix a",) if with_cutmix else ())
         rows = [(str(s.index), f"{s.start_epoch}-{s.end_epoch - 1}", str(s.num_epochs),
                  str(s.image_size), f"{s.dropout:.3f}", f"{s.randaug_magnitude:.2f}",
-                 f"{s.mixup_alpha:.3f}") for s in self.stages]
+                 f"{s.mixup_alpha:.3f}") + ((f"{s.cutmix_alpha:.3f}",) if with_cutmix else ())
+                for s in self.stages]
         widths = [max(len(row[c]) for row in [header, *rows]) for c in range(len(header))]
         lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
                  for row in [header, *rows]]
@@ -272,7 +305,7 @@ class ProgressiveSchedule:
     def to_dict(self) -> dict[str, Any]:
         """The constructor arguments plus the derived stages (for logs); JSON-ready."""
         params = {key: getattr(self, key) for key in _PARAM_NAMES}
-        for key in ("image_size", "dropout", "randaug", "mixup"):
+        for key in _PAIR_NAMES:
             params[key] = list(params[key])
         params["stages"] = [asdict(stage) for stage in self.stages]
         return params
@@ -288,11 +321,17 @@ class ProgressiveSchedule:
                 f"unknown schedule keys {sorted(unknown)}; "
                 f"allowed: {list(_PARAM_NAMES)} + ['stages']")
         params = {key: value for key, value in data.items() if key != "stages"}
-        for key in ("image_size", "dropout", "randaug", "mixup"):
+        for key in _PAIR_NAMES:
             if isinstance(params.get(key), list):
                 params[key] = tuple(params[key])
+        if "stages" in data and "cutmix" not in data:
+            # written before CutMix and the op tables were fields: it trained without CutMix and
+            # with torchvision's ops, whatever the rule's defaults are now
+            params.update(cutmix=(0.0, 0.0), randaug_ops="torchvision")
         schedule = cls(**params)
-        if "stages" in data and data["stages"] != [asdict(s) for s in schedule.stages]:
+        stored = [{**_STAGE_ADDITIONS, **stage} if isinstance(stage, dict) else stage
+                  for stage in data.get("stages", [])]
+        if "stages" in data and stored != [asdict(s) for s in schedule.stages]:
             raise ValueError(
                 "the stored stages differ from those the parameters give; the data was edited "
                 "or written by a different version of this rule")
@@ -318,12 +357,16 @@ class ProgressiveSchedule:
 
     @classmethod
     def fixed(cls, total_epochs: int, image_size: int, dropout: float = 0.0,
-              randaug: float = 0.0, mixup: float = 0.0, name: str = "") -> ProgressiveSchedule:
+              randaug: float = 0.0, mixup: float = 0.0, name: str = "", *, cutmix: float = 0.0,
+              randaug_ops: str = "torchvision") -> ProgressiveSchedule:
         """Ordinary training: one stage at a fixed size and fixed regularization (M = 1)."""
         return cls(total_epochs=total_epochs, num_stages=1, image_size=(image_size, image_size),
                    dropout=(dropout, dropout), randaug=(randaug, randaug), mixup=(mixup, mixup),
-                   name=name)
+                   name=name, cutmix=(cutmix, cutmix), randaug_ops=randaug_ops)
 
 
 _PARAM_NAMES = ("total_epochs", "num_stages", "image_size", "dropout", "randaug", "mixup",
-                "size_multiple", "rule", "name")
+                "size_multiple", "rule", "name", "cutmix", "randaug_ops")
+_PAIR_NAMES = ("image_size", "dropout", "randaug", "mixup", "cutmix")
+# Stage fields added after schedules were first stored, with the values those schedules trained with
+_STAGE_ADDITIONS = {"cutmix_alpha": 0.0, "randaug_ops": "torchvision"}

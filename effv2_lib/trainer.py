@@ -4,7 +4,8 @@ Tan & Le (2021), "EfficientNetV2: Smaller Models and Faster Training", Section 4
 the run is cut into M stages (`effv2_lib.schedule.ProgressiveSchedule`); when stage i begins,
 the trainer switches the training image size S_i, the head dropout rate gamma_i
 (`set_dropout`), the RandAugment magnitude epsilon_i and the Mixup alpha lambda_i
-(`effv2_lib.augment`). After the last epoch, BatchNorm statistics are re-estimated at the test
+(`effv2_lib.augment`; under the automl rule also the CutMix alpha, and RandAugment uses
+automl's op table). After the last epoch, BatchNorm statistics are re-estimated at the test
 size before the final evaluation when the last stage trained at another size (motivated by
 FixRes, Touvron et al. 2019, which fine-tunes at the test size; not part of the V2 recipe;
 accuracy recorded before and after). The optimizer, learning-rate schedule and EMA are in `effv2_lib.optim`.
@@ -54,7 +55,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from .augment import DeviceLoader, mixup_batch, set_dropout, train_transform
+from .augment import DeviceLoader, mix_batch, set_dropout, train_transform
 from .checkpoint import (
     CHECKPOINT_FILE,
     CONFUSION_FILE,
@@ -395,10 +396,9 @@ class Trainer:
         if self.ema is not None:
             set_dropout(self.ema.module, stage.dropout)
         if self.loader_kind == "device":
-            self.train_loader.set_stage(stage.image_size, stage.mixup_alpha, stage.randaug_magnitude)
+            self.train_loader.set_stage(stage)
         else:
-            self.train_dataset = self.train_split.with_transform(
-                train_transform(stage.image_size, stage.randaug_magnitude, mean=self.mean, std=self.std))
+            self.train_dataset = self.train_split.with_transform(train_transform(stage, mean=self.mean, std=self.std))
 
     def batches(self, epoch: int, stage: Stage) -> Iterator[tuple[Tensor, Tensor]]:
         """This epoch's training batches: images [B, 3, S_i, S_i] on the device, targets [B] or [B, K]."""
@@ -415,7 +415,8 @@ class Trainer:
         for images, labels in loader:
             images = images.to(self.device, non_blocking=True, memory_format=memory_format)
             labels = labels.to(self.device, non_blocking=True)
-            yield mixup_batch(images, labels, stage.mixup_alpha, self.num_classes, self.data_generator)
+            yield mix_batch(images, labels, stage.mixup_alpha, stage.cutmix_alpha, self.num_classes,
+                            self.data_generator)
 
     def train_step(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -542,7 +543,8 @@ class Trainer:
                     self.enter_stage(stage)
                     if stage.start_epoch == epoch > 0:
                         self.log(f"stage {stage.index}: {stage.image_size} px, dropout {stage.dropout:.3f}, "
-                                 f"RandAugment {stage.randaug_magnitude:.2f}, Mixup alpha {stage.mixup_alpha:.3f}")
+                                 f"RandAugment {stage.randaug_magnitude:.2f}, Mixup alpha {stage.mixup_alpha:.3f}"
+                                 + (f", CutMix alpha {stage.cutmix_alpha:.3f}" if stage.cutmix_alpha else ""))
                 self.model.train()
                 stats, interrupted = self.train_epoch(epoch, stage, stop)
                 if interrupted:
@@ -586,6 +588,7 @@ class Trainer:
             "randaug_magnitude": stage.randaug_magnitude,
             "randaug_applied": stage.randaug_magnitude > 0,  # both loaders apply it
             "mixup_alpha": stage.mixup_alpha,
+            "cutmix_alpha": stage.cutmix_alpha,
             "train_loss": loss_sum / seen,
             "train_acc": correct / seen,  # against the larger Mixup partner when mixing
             "test_acc": self.test(self.reported_model).accuracy,

@@ -30,10 +30,11 @@ import ipywidgets as widgets
 import torch
 from matplotlib.figure import Figure
 
-from ._checks import check_int
-from .augment import MAX_PAPER_LEVEL, PaperRandAugment, mixup_batch
+from ._checks import check_choice, check_int
+from .augment import mixup_batch
 from .plots import plot_image_grid, plot_schedule
-from .schedule import MAX_RANDAUG, MIN_IMAGE_SIZE, PRESETS, RULES, ProgressiveSchedule
+from .randaugment import MAX_PAPER_LEVEL, AutomlRandAugment, TorchvisionRandAugment
+from .schedule import MAX_RANDAUG, MIN_IMAGE_SIZE, PRESETS, RANDAUG_OP_TABLES, RULES, ProgressiveSchedule
 
 __all__ = ["ScheduleExplorer", "schedule_explorer", "AugmentationExplorer", "augmentation_explorer",
            "DOM_CLASS_PREFIX"]
@@ -320,14 +321,15 @@ class AugmentationExplorer:
     """RandAugment magnitude, Mixup alpha and image size applied to a few real images.
 
     Build it with `augmentation_explorer`. Three rows of the same K images: the originals,
-    after resizing to the stage size and RandAugment at magnitude epsilon (paper scale, via
-    effv2_lib.augment.PaperRandAugment; 0 leaves RandAugment out, as train_transform does),
+    after resizing to the stage size and RandAugment at magnitude epsilon (paper scale, with
+    torchvision's or automl's op table: effv2_lib.randaugment.TorchvisionRandAugment or
+    AutomlRandAugment; 0 leaves RandAugment out, as train_transform does),
     and after Mixup at alpha (effv2_lib.augment.mixup_batch: image i mixed with image K-1-i,
     one lambda per image), titled with the soft label's two largest parts. A fixed seed
     (control ``seed``) keeps the ops and lambdas fixed while a slider moves, so what changes
     is the strength alone.
 
-    Attributes: ``widget`` (to display), ``controls`` (``magnitude``, ``num_ops``,
+    Attributes: ``widget`` (to display), ``controls`` (``magnitude``, ``randaug_ops``, ``num_ops``,
     ``mixup_alpha``, ``image_size``, ``seed``; CSS classes effv2-<name>), ``augmented``
     (uint8 [K, 3, S, S] after RandAugment), ``mixed`` (float [K, 3, S, S] in [0, 1]),
     ``targets`` (int64 labels [K] when alpha is 0, else soft labels [K, num_classes]),
@@ -336,8 +338,10 @@ class AugmentationExplorer:
 
     def __init__(self, images: torch.Tensor, labels: Sequence[int] | torch.Tensor,
                  classes: Sequence[str] | None = None, *, magnitude: float = 5.0,
-                 mixup_alpha: float = 0.2, num_ops: int = 2, seed: int = 0, dpi: int = 80) -> None:
+                 mixup_alpha: float = 0.2, num_ops: int = 2, seed: int = 0, dpi: int = 80,
+                 randaug_ops: str = "torchvision") -> None:
         self.images = _check_images(images)  # uint8 [K, 3, H, W]
+        check_choice("randaug_ops", randaug_ops, RANDAUG_OP_TABLES)
         self.labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
         if self.labels.shape != (len(self.images),):
             raise ValueError(f"labels must hold one label per image ({len(self.images)}), "
@@ -354,6 +358,8 @@ class AugmentationExplorer:
             "magnitude": widgets.FloatSlider(value=magnitude, min=0.0, max=float(MAX_PAPER_LEVEL),
                                              step=0.5, readout_format=".1f",
                                              description="RandAug \u03b5", **slider),
+            "randaug_ops": widgets.ToggleButtons(options=list(RANDAUG_OP_TABLES), value=randaug_ops,
+                                                 description="op table", style=_DESCRIPTION_STYLE),
             "num_ops": widgets.IntSlider(value=num_ops, min=1, max=4, description="ops / image",
                                          **slider),
             "mixup_alpha": widgets.FloatSlider(value=mixup_alpha, min=0.0, max=MAX_MIXUP_ALPHA,
@@ -369,7 +375,7 @@ class AugmentationExplorer:
         self.figure = Figure(figsize=(1.4 * k + 1.8, 4.6), layout="constrained")
         self._axes = self.figure.subplots(3, k, squeeze=False)
         self.widget = _tag(widgets.VBox([
-            widgets.HBox([widgets.VBox([self.controls[n] for n in ("magnitude", "num_ops", "seed")]),
+            widgets.HBox([widgets.VBox([self.controls[n] for n in ("magnitude", "randaug_ops", "num_ops", "seed")]),
                           widgets.VBox([self.controls[n] for n in ("mixup_alpha", "image_size")])]),
             self.plot,
         ]), "augmentation-explorer")
@@ -391,13 +397,14 @@ class AugmentationExplorer:
         with torch.random.fork_rng(devices=[]):  # RandAugment draws from the global generator
             torch.manual_seed(c["seed"])
             if c["magnitude"] > 0:
-                augment = PaperRandAugment(c["magnitude"], num_ops=c["num_ops"])
+                table = AutomlRandAugment if c["randaug_ops"] == "automl" else TorchvisionRandAugment
+                augment = table(c["magnitude"], num_ops=c["num_ops"])
                 images = torch.stack([augment(image) for image in images])
         self.augmented = images  # uint8 [K, 3, S, S]
         generator = torch.Generator().manual_seed(c["seed"])
         self.mixed, self.targets = mixup_batch(images.float() / 255, self.labels, c["mixup_alpha"],
                                                len(self.classes), generator=generator)
-        randaug_label = (f"RandAugment\n\u03b5 = {c['magnitude']:g}, {c['num_ops']} ops"
+        randaug_label = (f"RandAugment ({c['randaug_ops']})\n\u03b5 = {c['magnitude']:g}, {c['num_ops']} ops"
                          if c["magnitude"] > 0 else "no RandAugment\n(\u03b5 = 0)")
         mixup_label = f"+ Mixup\n\u03b1 = {c['mixup_alpha']:g}" if c["mixup_alpha"] > 0 \
             else "no Mixup\n(\u03b1 = 0)"
@@ -422,7 +429,7 @@ class AugmentationExplorer:
 def augmentation_explorer(images: torch.Tensor, labels: Sequence[int] | torch.Tensor,
                           classes: Sequence[str] | None = None, *, magnitude: float = 5.0,
                           mixup_alpha: float = 0.2, num_ops: int = 2, seed: int = 0,
-                          dpi: int = 80) -> AugmentationExplorer:
+                          dpi: int = 80, randaug_ops: str = "torchvision") -> AugmentationExplorer:
     """RandAugment and Mixup on 2 to 12 real images, with sliders (see AugmentationExplorer).
 
     images: uint8 [K, 3, H, W] (e.g. ``data.train.images[:8]``); labels: [K] class indices;
@@ -431,5 +438,5 @@ def augmentation_explorer(images: torch.Tensor, labels: Sequence[int] | torch.Te
         explorer = augmentation_explorer(data.train.images[:8], data.train.labels[:8], data.classes)
         display(explorer.widget)
     """
-    return AugmentationExplorer(images, labels, classes, magnitude=magnitude,
-                                mixup_alpha=mixup_alpha, num_ops=num_ops, seed=seed, dpi=dpi)
+    return AugmentationExplorer(images, labels, classes, magnitude=magnitude, mixup_alpha=mixup_alpha,
+                                num_ops=num_ops, seed=seed, dpi=dpi, randaug_ops=randaug_ops)

@@ -10,20 +10,24 @@ import torchvision
 from torch import nn
 from torchvision.transforms import v2
 
-from effv2_lib import augment
+from effv2_lib import augment, randaugment
 from effv2_lib.augment import (
     DeviceLoader,
-    PaperRandAugment,
-    batched_rand_augment,
+    cutmix_batch,
     denormalize,
     eval_transform,
+    mix_batch,
     mixup_batch,
-    randaug_op_table,
-    randaug_to_torchvision,
     set_dropout,
     train_transform,
 )
 from effv2_lib.data import CIFAR10_MEAN, CIFAR10_STD, CifarSplit, load_cifar
+from effv2_lib.randaugment import (
+    TorchvisionRandAugment,
+    batched_rand_augment,
+    randaug_op_table,
+    randaug_to_torchvision,
+)
 
 SIZES = (16, 24, 32)
 
@@ -61,7 +65,7 @@ def test_magnitude_outside_the_scale_is_rejected(bad, error):
 
 @pytest.mark.parametrize("size", [24, 32])
 def test_magnitude_table_equals_torchvision_up_to_level_10(size):
-    ours, theirs = PaperRandAugment._AUGMENTATION_SPACE, v2.RandAugment._AUGMENTATION_SPACE
+    ours, theirs = TorchvisionRandAugment._AUGMENTATION_SPACE, v2.RandAugment._AUGMENTATION_SPACE
     assert ours.keys() == theirs.keys()
     for op, (their_range, signed) in theirs.items():
         expected = their_range(31, size, size)
@@ -74,7 +78,7 @@ def test_magnitude_table_equals_torchvision_up_to_level_10(size):
 
 
 def test_levels_above_10_continue_linearly_and_stay_valid():
-    space = PaperRandAugment._AUGMENTATION_SPACE
+    space = TorchvisionRandAugment._AUGMENTATION_SPACE
     level_15 = {op: fn(91, 32, 32)[45] for op, (fn, _) in space.items() if fn(91, 32, 32) is not None}
     assert float(level_15["Rotate"]) == pytest.approx(45.0)          # 3 degrees per level, as TF
     assert float(level_15["ShearX"]) == pytest.approx(0.45)          # 0.03 per level, as TF
@@ -88,7 +92,7 @@ def test_levels_above_10_continue_linearly_and_stay_valid():
 def test_paper_randaugment_is_torchvision_randaugment_up_to_level_10(images, level):
     for seed in range(len(images)):
         torch.manual_seed(seed)
-        ours = PaperRandAugment(level)(images[seed])
+        ours = TorchvisionRandAugment(level)(images[seed])
         torch.manual_seed(seed)
         theirs = v2.RandAugment(2, randaug_to_torchvision(level), 31, fill=128)(images[seed])
         assert torch.equal(ours, theirs)
@@ -97,8 +101,8 @@ def test_paper_randaugment_is_torchvision_randaugment_up_to_level_10(images, lev
 @pytest.mark.parametrize("op", sorted(v2.RandAugment._AUGMENTATION_SPACE))
 @pytest.mark.parametrize("size", SIZES)
 def test_every_op_works_at_the_highest_level(images, op, size):
-    only_op = type("OnlyOp", (PaperRandAugment,),
-                   {"_AUGMENTATION_SPACE": {op: PaperRandAugment._AUGMENTATION_SPACE[op]}})
+    only_op = type("OnlyOp", (TorchvisionRandAugment,),
+                   {"_AUGMENTATION_SPACE": {op: TorchvisionRandAugment._AUGMENTATION_SPACE[op]}})
     image = v2.functional.resize(images[0], [size, size], antialias=True)
     torch.manual_seed(0)
     out = only_op(30, num_ops=3)(image)
@@ -126,13 +130,13 @@ def test_batched_rand_augment_at_magnitude_zero_is_the_identity(images):
 @pytest.mark.parametrize("op", sorted(v2.RandAugment._AUGMENTATION_SPACE))
 def test_each_batched_op_equals_paper_randaugment_per_image(batch24, monkeypatch, op):
     # the space narrowed to one op: every image gets it, with its own sign when signed
-    magnitudes_fn, signed = PaperRandAugment._AUGMENTATION_SPACE[op]
-    monkeypatch.setattr(PaperRandAugment, "_AUGMENTATION_SPACE", {op: (magnitudes_fn, signed)})
+    magnitudes_fn, signed = TorchvisionRandAugment._AUGMENTATION_SPACE[op]
+    monkeypatch.setattr(TorchvisionRandAugment, "_AUGMENTATION_SPACE", {op: (magnitudes_fn, signed)})
     out = batched_rand_augment(batch24, 15, 1, seeded())
 
     def per_image(sign):        # the CPU path with the sign fixed: the table negated, unsigned
         fixed = lambda *args: None if magnitudes_fn(*args) is None else sign * magnitudes_fn(*args)  # noqa: E731
-        reference = type("Fixed", (PaperRandAugment,), {"_AUGMENTATION_SPACE": {op: (fixed, False)}})(15, 1)
+        reference = type("Fixed", (TorchvisionRandAugment,), {"_AUGMENTATION_SPACE": {op: (fixed, False)}})(15, 1)
         return torch.stack([reference(image) for image in batch24])
 
     plus = (out == per_image(1)).flatten(1).all(1)                     # [16] bool
@@ -179,7 +183,7 @@ def test_batched_rand_augment_validates(images):
 
 def test_op_table_is_the_cpu_paths_table():
     table = randaug_op_table(15, 32, 32)
-    assert [op for op, _, _ in table] == list(PaperRandAugment._AUGMENTATION_SPACE)
+    assert [op for op, _, _ in table] == list(TorchvisionRandAugment._AUGMENTATION_SPACE)
     magnitudes = {op: m for op, m, _ in table}
     assert magnitudes["Rotate"] == pytest.approx(45.0) and magnitudes["TranslateX"] == 16.0
     assert magnitudes["Identity"] == 0.0
@@ -200,7 +204,7 @@ def test_train_transform_shapes_per_stage(images, size, magnitude):
 def test_train_transform_takes_a_stage(images):
     stage = SimpleNamespace(image_size=24, randaug_magnitude=15.0, dropout=0.2, mixup_alpha=0.1)
     transform = train_transform(stage)
-    assert any(isinstance(t, PaperRandAugment) and t.level == 15.0 for t in transform.transforms)
+    assert any(isinstance(t, TorchvisionRandAugment) and t.level == 15.0 for t in transform.transforms)
     assert transform(images[0]).shape == (3, 24, 24)
     override = train_transform(stage, randaug_magnitude=0)
     assert not any(isinstance(t, v2.RandAugment) for t in override.transforms)
@@ -291,6 +295,77 @@ def test_mixup_is_deterministic_under_a_generator(images):
 def test_mixup_alpha_is_validated(images):
     with pytest.raises(ValueError, match="mixup_alpha"):
         mixup_batch(normalized(images), torch.zeros(16, dtype=torch.long), -0.1, 10)
+
+
+# --- CutMix, and Mixup with CutMix ------------------------------------------------------------
+
+def constant_images(batch, size=16):
+    """float [B, 3, size, size], image i filled with the value i: a pixel tells whose it is."""
+    return torch.arange(batch, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, size, size).clone()
+
+
+def test_cutmix_pastes_a_box_of_the_reversed_batch_weighted_by_its_area():
+    """automl's cutmix_mask: box sides int(sqrt(1 - lambda) * side) around a uniform centre, clipped;
+    the label weight is the area pasted (per image here; automl averages it over the half batch)."""
+    batch = 64
+    images, labels = constant_images(batch), torch.arange(batch)
+    mixed, targets = cutmix_batch(images, labels, 1.0, batch, torch.Generator().manual_seed(0))
+    partner = batch - 1 - labels
+    own_pixels = (mixed == images).all(1).flatten(1).float().mean(1)             # [B]
+    from_partner = (mixed == partner.float().view(-1, 1, 1, 1)).all(1)          # [B, 16, 16]
+    assert bool(((mixed == images) | (mixed == partner.float().view(-1, 1, 1, 1))).all())
+    assert torch.allclose(targets[labels, partner], from_partner.flatten(1).float().mean(1))
+    assert torch.allclose(targets[labels, labels], own_pixels) and torch.allclose(targets.sum(1), torch.ones(batch))
+    rows, cols = from_partner.any(2), from_partner.any(1)
+    assert torch.equal(from_partner, rows[:, :, None] & cols[:, None, :])       # a rectangle
+    # lambda ~ Beta(1, 1) is uniform: the box's side fraction sqrt(1 - lambda) spans (0, 1)
+    assert float(targets[labels, partner].max()) > 0.5 and float(targets[labels, partner].min()) < 0.05
+    assert cutmix_batch(images, labels, 0.0, batch) == (images, labels)
+    with pytest.raises(ValueError, match="cutmix_alpha"):
+        cutmix_batch(images, labels, -1.0, batch)
+
+
+def test_cutmix_area_is_measured_after_clipping_at_the_border():
+    # lambda near 0 gives a box about the size of the image, always clipped by the border
+    images, labels = constant_images(32), torch.arange(32)
+    mixed, targets = cutmix_batch(images, labels, 0.05, 32, torch.Generator().manual_seed(1))
+    pasted = (mixed == (31 - labels).float().view(-1, 1, 1, 1)).all(1).flatten(1).float().mean(1)
+    assert torch.allclose(targets[labels, 31 - labels], pasted)
+    assert float(pasted.min()) < 0.75 < float(pasted.max())   # clipped boxes: less than the full area
+
+
+def test_mix_batch_gives_half_the_batch_mixup_and_half_cutmix():
+    """automl datasets.py, mixing: with both alphas, Mixup on image[:B // 2], CutMix on image[B // 2:],
+    each half mixed with itself reversed."""
+    batch = 12                                    # halves of 6: no image is its own partner
+    images, labels = constant_images(batch), torch.arange(batch)
+    mixed, targets = mix_batch(images, labels, 0.4, 1.0, batch, torch.Generator().manual_seed(0))
+    half = batch // 2
+    first, second = labels[:half], labels[half:]
+    # Mixup half: partner i <-> 5 - i, every pixel the weighted mean of the two values
+    partner = half - 1 - first
+    lam = targets[first, first]
+    assert torch.allclose(targets[first, partner], 1 - lam) and bool((lam >= 0.5).all())
+    expected = lam * first + (1 - lam) * partner
+    assert torch.allclose(mixed[:half], expected.view(-1, 1, 1, 1).expand(-1, 3, 16, 16))
+    # CutMix half: partner j <-> 17 - j, pixels either own or partner, weights = area
+    partner = 3 * half - 1 - second
+    values = mixed[half:]
+    assert bool(((values == second.float().view(-1, 1, 1, 1)) | (values == partner.float().view(-1, 1, 1, 1))).all())
+    pasted = (values == partner.float().view(-1, 1, 1, 1)).all(1).flatten(1).float().mean(1)
+    assert torch.allclose(targets[second, partner], pasted)
+    # nothing crosses the halves
+    assert float(targets[:half, half:].abs().sum()) == 0 and float(targets[half:, :half].abs().sum()) == 0
+
+
+def test_mix_batch_without_cutmix_is_exactly_mixup(images):
+    batch, labels = normalized(images), torch.arange(16) % 10
+    ours = mix_batch(batch, labels, 0.2, 0.0, 10, torch.Generator().manual_seed(5))
+    theirs = mixup_batch(batch, labels, 0.2, 10, torch.Generator().manual_seed(5))
+    assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+    only_cutmix = mix_batch(batch, labels, 0.0, 0.5, 10, torch.Generator().manual_seed(5))
+    assert torch.equal(only_cutmix[1], cutmix_batch(batch, labels, 0.5, 10, torch.Generator().manual_seed(5))[1])
+    assert mix_batch(batch, labels, 0.0, 0.0, 10)[1] is labels
 
 
 # --- dropout ----------------------------------------------------------------------------------
@@ -407,8 +482,8 @@ def test_device_loader_set_stage_takes_the_stage_randaugment(sample):
 def test_device_loader_randaugments_each_sample_at_the_stage_size(sample, monkeypatch):
     calls = []
 
-    def spy(images, level, num_ops, generator):                        # records, changes nothing
-        calls.append((images.dtype, tuple(images.shape), level, num_ops))
+    def spy(images, level, num_ops, generator, ops):                   # records, changes nothing
+        calls.append((images.dtype, tuple(images.shape), level, num_ops, ops))
         return images
     plain = next(iter(loader(sample.train, image_size=24, augment_chunk=100)))[0]
     monkeypatch.setattr(augment, "batched_rand_augment", spy)
@@ -416,7 +491,7 @@ def test_device_loader_randaugments_each_sample_at_the_stage_size(sample, monkey
                                             augment_chunk=100)]
     # once per chunk of 3 batches of 32 (augment_chunk rounded down), after resize, before float
     assert len(spied) == 78 and len(calls) == 26
-    assert set(calls) == {(torch.uint8, (96, 3, 24, 24), 6.0, 3)}
+    assert set(calls) == {(torch.uint8, (96, 3, 24, 24), 6.0, 3, "torchvision")}
     assert torch.equal(spied[0], plain)
     monkeypatch.undo()
     augmented = next(iter(loader(sample.train, image_size=24, randaug_magnitude=6, augment_chunk=100)))[0]
@@ -470,8 +545,8 @@ def test_device_loader_reads_back_only_once_per_chunk(sample, monkeypatch):
 
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"):
         monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
-    op_table = augment.randaug_op_table
-    monkeypatch.setattr(augment, "randaug_op_table", table_from_host)
+    op_table, apply = randaugment._TABLES["torchvision"]
+    monkeypatch.setitem(randaugment._TABLES, "torchvision", (table_from_host, apply))
     settings = dict(image_size=24, mixup_alpha=0.2, augment_chunk=320)  # 10 batches of 32 per chunk
     assert len(list(loader(sample.train, **settings))) == 78 and reads == []
     assert len(list(loader(sample.train, randaug_magnitude=5, **settings))) == 78
@@ -481,7 +556,7 @@ def test_device_loader_reads_back_only_once_per_chunk(sample, monkeypatch):
 # --- the private APIs the kit relies on ---------------------------------------------------------
 
 def test_torchvision_randaugment_space_keeps_the_contract_we_extend():
-    """PaperRandAugment extends torchvision's private v2.RandAugment._AUGMENTATION_SPACE; if a release
+    """TorchvisionRandAugment extends torchvision's private v2.RandAugment._AUGMENTATION_SPACE; if a release
     changes it, this says so by name instead of failing somewhere in an augmentation."""
     space = getattr(v2.RandAugment, "_AUGMENTATION_SPACE", None)
     where = f"torchvision {torchvision.__version__}"

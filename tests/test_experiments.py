@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 import effv2_lib.experiments as experiments
-from effv2_lib.config import resolve_schedule
+from effv2_lib.config import resolve_schedule, smoke_config
 from effv2_lib.experiments import RUN_NAMES, plan_cpu_cifar10, run_cost, run_experiment
 from effv2_lib.schedule import ProgressiveSchedule
 from effv2_lib.train import train
@@ -49,6 +49,10 @@ def test_time_matching_uses_the_measured_cost_per_size(tmp_path):
     assert resolve_schedule(plan["fixed-time-matched"].config).total_epochs == int(expected // 200) == 7
     assert resolve_schedule(plan["resnet20-time-matched"].config).total_epochs == int(expected // 100) == 14
     assert len(plan_cpu_cifar10(None, tmp_path, epochs=12)) == 3  # no rates: nothing to match yet
+    # a machine on which 32 px is slow leaves the matched runs fewer epochs than the preset has stages
+    slow = {**RATES, "cifar-tiny@32": {"images_per_s": 60.0}, "resnet20@32": {"images_per_s": 60.0}}
+    for run in plan_cpu_cifar10(None, tmp_path, epochs=4, rates=slow, smoke=True)[3:]:
+        assert resolve_schedule(smoke_config(run.config)).total_epochs == resolve_schedule(run.config).total_epochs < 4
 
 
 @pytest.mark.slow

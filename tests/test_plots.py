@@ -52,6 +52,16 @@ def test_schedule_plot_draws_on_given_axes_and_checks_their_number():
         plot_schedule([ProgressiveSchedule.from_preset("cifar10")])
 
 
+def test_schedule_plot_adds_cutmix_to_the_mixup_panel_when_a_schedule_has_it():
+    fig = plot_schedule({"paper-m": ProgressiveSchedule.from_preset("paper-m"),
+                         "automl-m": ProgressiveSchedule.from_preset("automl-m")})
+    mixup_panel = curves(fig.axes[3])
+    assert [line.get_label() for line in mixup_panel] == ["paper-m", "automl-m", "automl-m: CutMix $\\alpha$"]
+    mixup, cutmix = mixup_panel[1], mixup_panel[2]
+    assert cutmix.get_linestyle() == "--" and list(cutmix.get_ydata()) == list(mixup.get_ydata())
+    assert all(len(curves(ax)) == 2 for ax in fig.axes[:3])
+
+
 def test_single_stage_schedule_has_no_boundaries():
     fig = plot_schedule(ProgressiveSchedule.from_preset("cifar10-fixed"))
     assert all(boundaries(ax) == [] for ax in fig.axes)

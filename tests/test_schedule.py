@@ -54,6 +54,47 @@ def test_automl_m_l_sizes_and_mixup():
     assert ProgressiveSchedule.from_preset("automl-l").stages[-1].mixup_alpha == 0.5
 
 
+@pytest.mark.parametrize("name, alpha", [("automl-s", 0.0), ("automl-m", 0.2), ("automl-l", 0.5)])
+def test_automl_presets_ramp_cutmix_like_mixup_and_use_automls_op_table(name, alpha):
+    """effnetv2_configs.py sets cutmix_alpha = mixup_alpha (0 / 0.2 / 0.5 for S / M / L) and main.py
+    ramps both with linspace(0, alpha, M); autoaugment.py's op table drives RandAugment."""
+    schedule = ProgressiveSchedule.from_preset(name)
+    assert column(schedule, "cutmix_alpha") == pytest.approx([0, alpha / 3, 2 * alpha / 3, alpha])
+    assert column(schedule, "cutmix_alpha") == column(schedule, "mixup_alpha")
+    assert set(column(schedule, "randaug_ops")) == {"automl"}
+    assert ("CutMix a" in schedule.table()) == (alpha > 0) and "automl RandAugment ops" in schedule.table()
+
+
+def test_cutmix_and_op_table_follow_the_rule_unless_given():
+    paper = ProgressiveSchedule(8, 4, image_size=(16, 32), mixup=(0, 0.3))
+    assert set(column(paper, "cutmix_alpha")) == {0.0} and set(column(paper, "randaug_ops")) == {"torchvision"}
+    assert "CutMix" not in paper.table()
+    given = ProgressiveSchedule(8, 4, image_size=(16, 32), mixup=(0, 0.3), cutmix=(0.1, 0.4), randaug_ops="automl")
+    assert column(given, "cutmix_alpha") == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert set(column(given, "randaug_ops")) == {"automl"}
+    automl = ProgressiveSchedule(8, 4, image_size=(16, 32), mixup=(0, 0.3), cutmix=(0, 0), randaug_ops="torchvision",
+                                 rule="automl")
+    assert set(column(automl, "cutmix_alpha")) == {0.0} and set(column(automl, "randaug_ops")) == {"torchvision"}
+    with pytest.raises(ValueError, match="randaug_ops must be one of"):
+        ProgressiveSchedule(8, 4, image_size=(16, 32), randaug_ops="kornia")
+    with pytest.raises(ValueError, match="cutmix"):
+        ProgressiveSchedule(8, 4, image_size=(16, 32), cutmix=(0, -1))
+
+
+def test_schedules_stored_before_cutmix_existed_still_load():
+    """run.json, summaries and checkpoints written before the cutmix and randaug_ops fields hold
+    neither, and their stages lack cutmix_alpha and randaug_ops: they trained without CutMix, with
+    torchvision's ops, even under the automl rule."""
+    for name in ("cifar10", "automl-m"):
+        old = ProgressiveSchedule.from_preset(name, 8).to_dict()
+        del old["cutmix"], old["randaug_ops"]
+        for stage in old["stages"]:
+            del stage["cutmix_alpha"], stage["randaug_ops"]
+        restored = ProgressiveSchedule.from_dict(old)
+        assert set(column(restored, "cutmix_alpha")) == {0.0} and restored.randaug_ops == "torchvision"
+        assert column(restored, "mixup_alpha") == column(ProgressiveSchedule.from_preset(name, 8), "mixup_alpha")
+
+
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_presets_grow_to_32_px_in_multiples_of_4(name):
     schedule = ProgressiveSchedule.from_preset(name)
@@ -132,7 +173,8 @@ def test_single_stage_trains_at_the_final_size_and_regularization():
     for rule in ("paper", "automl"):
         schedule = ProgressiveSchedule(7, 1, image_size=(16, 32), dropout=(0.1, 0.3),
                                        randaug=(2, 6), mixup=(0, 0.2), rule=rule)
-        assert schedule.stages == (Stage(0, 0, 7, 32, 0.3, 6.0, 0.2),)
+        cutmix, ops = (0.2, "automl") if rule == "automl" else (0.0, "torchvision")
+        assert schedule.stages == (Stage(0, 0, 7, 32, 0.3, 6.0, 0.2, cutmix, ops),)
 
 
 def test_size_multiple_rounds_interior_sizes_and_keeps_the_endpoints():

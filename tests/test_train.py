@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+import effv2_lib.augment as augment_module
 import effv2_lib.config as config_module
 import effv2_lib.train as train_module
 import effv2_lib.trainer as trainer_module
@@ -339,6 +340,26 @@ def test_the_command_that_started_a_run_plus_resume_resumes_it(tmp_path, monkeyp
     assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]  # --epochs honoured in smoke mode
 
 
+@pytest.mark.parametrize("loader", ["cpu", "device"])
+def test_the_automl_rule_trains_with_cutmix_and_automls_ops_on_either_loader(tiny_data, loader, monkeypatch):
+    schedule = ProgressiveSchedule(2, 2, image_size=(16, 20), randaug=(5, 10), mixup=(0.2, 0.4), size_multiple=4,
+                                   rule="automl")
+    mixed = []
+    real_mix = trainer_module.mix_batch
+
+    def spy(images, labels, mixup_alpha, cutmix_alpha, *args):
+        mixed.append((mixup_alpha, cutmix_alpha))
+        return real_mix(images, labels, mixup_alpha, cutmix_alpha, *args)
+    if loader == "cpu":
+        monkeypatch.setattr(trainer_module, "mix_batch", spy)
+    else:
+        monkeypatch.setattr(augment_module, "mix_batch", spy)
+    result = train(config(schedule=schedule, loader=loader, bn_reestimate=False), progress=False, data=tiny_data)
+    assert [(r["mixup_alpha"], r["cutmix_alpha"]) for r in result.history] == [(0.2, 0.2), (0.4, 0.4)]
+    assert set(mixed) == {(0.2, 0.2), (0.4, 0.4)}
+    assert all(math.isfinite(r["train_loss"]) for r in result.history)
+
+
 def test_rmsprop_with_the_papers_exponential_decay(tiny_data):
     one_epoch = replace(SCHEDULE, total_epochs=1, num_stages=1)
     result = train(config(schedule=one_epoch, optimizer="rmsprop", lr_schedule="exponential", bn_reestimate=False),
@@ -359,6 +380,20 @@ def test_resolve_schedule_presets_and_fixed_size():
         24, last.dropout, last.mixup_alpha)
     with pytest.raises(ValueError, match="disagrees"):
         resolve_schedule(TrainConfig(schedule=SCHEDULE, epochs=5))
+
+
+@pytest.mark.parametrize("smoke", [False, True])
+def test_a_fixed_run_may_be_shorter_than_its_preset_has_stages(smoke):
+    # a time-matched fixed run can get fewer epochs (here 2) than the 4-stage preset it comes from
+    cfg = TrainConfig(preset="cifar10", epochs=2, fixed_size=32, smoke=smoke)
+    fixed = resolve_schedule(config_module.smoke_config(cfg) if smoke else cfg)
+    last = ProgressiveSchedule.from_preset("cifar10").stages[-1]
+    assert (fixed.num_stages, fixed.total_epochs) == (1, 2)
+    assert (fixed.stages[0].image_size, fixed.stages[0].dropout, fixed.stages[0].randaug_magnitude,
+            fixed.stages[0].mixup_alpha) == (32, last.dropout, last.randaug_magnitude, last.mixup_alpha)
+    # without epochs, smoke mode gives the fixed run one epoch per stage it replaces
+    default = resolve_schedule(config_module.smoke_config(TrainConfig(preset="cifar10", fixed_size=32, smoke=True)))
+    assert (default.num_stages, default.total_epochs) == (1, 4)
 
 
 @pytest.mark.parametrize("bad, match", [(dict(optimizer="adam"), "optimizer must be one of"),

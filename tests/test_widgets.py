@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from effv2_lib import widgets  # noqa: E402
+from effv2_lib.randaugment import AutomlRandAugment  # noqa: E402
 from effv2_lib.schedule import PRESETS, ProgressiveSchedule  # noqa: E402
 from effv2_lib.widgets import augmentation_explorer, schedule_explorer  # noqa: E402
 
@@ -244,6 +245,19 @@ def test_augmentation_explorer_mixup_and_image_size(images, fast_png):
     explorer.controls["image_size"].value = 16
     assert explorer.augmented.shape == (4, 3, 16, 16)
     assert explorer.mixed.shape == (4, 3, 16, 16)
+
+
+def test_augmentation_explorer_switches_between_the_op_tables(images, fast_png):
+    explorer = augmentation_explorer(images, [0, 1, 2, 3], CLASSES, magnitude=10.0, seed=2)
+    torchvision_images = explorer.augmented
+    explorer.controls["randaug_ops"].value = "automl"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        augment = AutomlRandAugment(10.0, num_ops=2)
+        expected = torch.stack([augment(image) for image in images])
+    assert torch.equal(explorer.augmented, expected) and not torch.equal(expected, torchvision_images)
+    with pytest.raises(ValueError, match="randaug_ops"):
+        augmentation_explorer(images, [0, 1, 2, 3], CLASSES, randaug_ops="kornia")
 
 
 def test_augmentation_explorer_rejects_bad_input(images):
