@@ -1,6 +1,7 @@
 """Training state on disk: atomic checkpoints, random-number states, protected run directories.
 
-A run directory (``--out runs/NAME``) holds one training run:
+A run directory (``--out runs/NAME``) holds one training run (`effv2_lib.run_directory.RunDirectory`
+decides what goes into each file; this module provides the safe reads and writes):
 
     run.json            what the run is (its configuration), written when it starts
     checkpoint.pt       the latest full training state, rewritten every epoch (and on Ctrl-C)

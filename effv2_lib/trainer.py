@@ -57,20 +57,13 @@ from tqdm.auto import tqdm
 
 from .augment import DeviceLoader, mix_batch, set_dropout, train_transform
 from .checkpoint import (
-    CHECKPOINT_FILE,
     CONFUSION_FILE,
     CURVES_FILE,
     HISTORY_FILE,
     SUMMARY_FILE,
-    WEIGHTS_FILE,
     RunDirectoryError,
-    atomic_write_json,
     capture_rng_state,
-    load_checkpoint,
-    prepare_run_dir,
     restore_rng_state,
-    save_checkpoint,
-    save_weights,
 )
 from .config import RUNTIME_FIELDS, TrainConfig, resolve_schedule, smoke_config
 from .data import NORMALIZATION, CifarData, CifarSplit, SampleDataWarning, hold_out, load_cifar, subset
@@ -78,14 +71,13 @@ from .distributed import Ranks, state_digest
 from .evaluate import evaluate, reestimate_batchnorm
 from .model import build_model
 from .optim import ModelEMA, WarmupThenDecay, build_optimizer
-from .report import digest_history, epoch_line, format_duration, write_plots
+from .report import digest_history, epoch_line, format_duration
+from .run_directory import RunDirectory
 from .runtime import count_parameters, derived_seed, hardware, seed_everything, synchronize
-from .schedule import ProgressiveSchedule, Stage
+from .schedule import Stage
 
 __all__ = ["Trainer", "TrainResult", "NonFiniteLossError"]
 
-# Largest file the GPU machines send back (16 MiB), less room for the container.
-WEIGHT_SHARD_BYTES = 15 * 2**20
 # Purposes of derived seeds, so that no two random streams coincide.
 _SEED_RANK, _SEED_EPOCH, _SEED_SHARD, _SEED_BN = 1, 2, 3, 4
 
@@ -105,70 +97,15 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the message names the epoch and step."""
 
 
-class _StopOnSignal:
-    """SIGINT / SIGTERM request a clean stop (finish the step, save, exit); a third one aborts."""
-
-    def __init__(self, log: Callable[[str], None]) -> None:
-        self.log = log
-        self.count = 0
-        self.previous: dict[int, Any] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.count > 0
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.count += 1
-        if self.count >= 3:
-            raise KeyboardInterrupt(f"signal {signum} received 3 times: aborting without saving")
-        if self.count == 1:
-            self.log(f"\n{signal.Signals(signum).name} received: finishing this step, saving a checkpoint, "
-                     "stopping (twice more to abort without saving)")
-
-    def __enter__(self) -> _StopOnSignal:
-        if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self.previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-
-class _DeviceTally:
-    """Loss sum, correct count and the first non-finite step, kept on the device.
-
-    `add` queues a few tensor operations and never waits for the GPU; only `read` copies to the
-    host, which the loop does every sync_every steps.
-    """
-
-    NEVER = torch.iinfo(torch.int64).max
-
-    def __init__(self, device: torch.device, partial: dict[str, Any] | None) -> None:
-        partial = partial or {}
-        exact = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-        self.loss_sum = torch.tensor(partial.get("loss_sum", 0.0), device=device, dtype=exact)
-        self.correct = torch.tensor(partial.get("correct", 0), device=device, dtype=torch.int64)
-        self.seen = int(partial.get("seen", 0))  # a Python int: batch sizes are known on the host
-        self.first_bad = torch.full((), self.NEVER, device=device, dtype=torch.int64)
-        self.bad_loss = torch.zeros((), device=device)
-
-    def add(self, step: int, loss: Tensor, logits: Tensor, targets: Tensor) -> None:
-        hard_targets = targets if targets.ndim == 1 else targets.argmax(1)  # Mixup: the larger partner
-        self.loss_sum += loss * len(logits)
-        self.correct += (logits.argmax(1) == hard_targets).sum()
-        bad = (self.first_bad == self.NEVER) & ~torch.isfinite(loss)
-        self.first_bad = torch.where(bad, step, self.first_bad)
-        self.bad_loss = torch.where(bad, loss, self.bad_loss)
-        self.seen += len(logits)
-
-    def read(self) -> dict[str, Any]:
-        return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "seen": self.seen}
-
-
 class Trainer:
-    """One run of `effv2_lib.train.train`; methods run in the order they appear."""
+    """One run of `effv2_lib.train.train`.
+
+    Read `run` (Algorithm 1) and `train_epoch` (the epoch loop) first: they are the method. The
+    machinery that makes the loop robust and fast sits in small helpers beside it: `_StepMeter`
+    (the loss and accuracy summed on the device, when the host reads them, the stop vote and the
+    non-finite guard at those reads, timing and the progress bar), `_StopOnSignal` (Ctrl-C), the
+    compiling step, and `RunDirectory` (every file of the run, and what a checkpoint holds).
+    """
 
     def __init__(self, config: TrainConfig, *, data: CifarData | None = None, progress: bool = True,
                  on_epoch: Callable[[dict], None] | None = None, on_step: Callable[[int, int], None] | None = None,
@@ -188,6 +125,256 @@ class Trainer:
         if self.ranks.is_main:
             tqdm.write(message, file=sys.stdout)
             sys.stdout.flush()
+
+    # ------------------------------------------------------------------------- Algorithm 1
+    def run(self) -> TrainResult:
+        """Algorithm 1: for each stage i, set the image size S_i and the regularization (gamma_i,
+        epsilon_i, lambda_i), then train the stage's epochs; evaluate and checkpoint every epoch."""
+        self.setup()                                            # model, data, optimizer, resume point
+        self.log(self.describe())
+        status = "finished"
+        with _StopOnSignal(self.log) as stop:                   # Ctrl-C: finish the step, save, stop
+            for epoch in range(self.start_epoch, self.schedule.total_epochs):
+                stage = self.schedule.at(epoch)                 # stage i trains epochs [start, end)
+                if epoch in (stage.start_epoch, self.start_epoch):
+                    self.enter_stage(stage, announce=epoch == stage.start_epoch > 0)
+                stats = self.train_epoch(epoch, stage, stop)    # None: stopped mid-epoch, state saved
+                if stats is None:
+                    status = "interrupted"
+                    break
+                self.history.append(self.epoch_record(epoch, stage, stats))  # test accuracy, timings
+                self.save_epoch(epoch)                          # checkpoint and history.json
+                stopped = self.stop_requested(epoch, stop)      # Ctrl-C during the epoch, or stop_after
+                if stopped is not None:
+                    status = stopped
+                    break
+        summary = self.finish(status)                           # final test, summary.json, figures
+        return TrainResult(self.history, summary, self.reported_model.eval(), self.run_dir.out, status)
+
+    def enter_stage(self, stage: Stage, announce: bool = False) -> None:
+        """Stage i's image size S_i and regularization: dropout gamma_i on the model, RandAugment
+        epsilon_i and Mixup lambda_i (and the automl rule's CutMix) on the training data."""
+        set_dropout(self.model, stage.dropout)
+        if self.ema is not None:
+            set_dropout(self.ema.module, stage.dropout)
+        if self.loader_kind == "device":
+            self.train_loader.set_stage(stage)
+        else:
+            self.train_dataset = self.train_split.with_transform(train_transform(stage, mean=self.mean, std=self.std))
+        new_size = self.config.compile and stage.image_size not in self.compiled_sizes
+        self.step = self.compiling_step if new_size else self.train_step  # torch.compile recompiles per size
+        if announce:
+            self.log(f"stage {stage.index}: {stage.image_size} px, dropout {stage.dropout:.3f}, "
+                     f"RandAugment {stage.randaug_magnitude:.2f}, Mixup alpha {stage.mixup_alpha:.3f}"
+                     + (f", CutMix alpha {stage.cutmix_alpha:.3f}" if stage.cutmix_alpha else ""))
+
+    def train_epoch(self, epoch: int, stage: Stage, stop: _StopOnSignal) -> dict[str, Any] | None:
+        """One epoch of SGD at stage i's settings: its statistics, or None when a stop came in the
+        middle (the state at that step is then saved)."""
+        self.model.train()
+        first = self.start_step if epoch == self.start_epoch else 0     # > 0: resuming mid-epoch
+        batches = self.batches(epoch, stage, skip=first)
+        with _StepMeter(self, epoch, stage, first, stop) as meter:
+            for step in range(first, self.steps_per_epoch):
+                images, targets = next(batches)                 # [B, 3, S_i, S_i]; [B], or [B, K] mixed
+                logits, loss = self.step(images, targets)       # train_step, or compiling_step at a new size
+                meter.add(step, loss, logits, targets)          # summed on the device: no waiting
+                if meter.must_stop(step):                       # the host reads here, every sync_every steps
+                    return self.stop_mid_epoch(epoch, step + 1, meter)
+        return meter.stats()
+
+    def train_step(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """One SGD step: forward in bf16 autocast, cross-entropy (soft targets when mixed), backward,
+        update, learning-rate step, EMA. Returns logits [B, K] and the loss, still on the device."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.forward(images)  # [B, K]
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.config.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return logits.detach(), loss.detach()
+
+    def batches(self, epoch: int, stage: Stage, skip: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """This epoch's training batches. Resuming mid-epoch, the first `skip` are drawn and
+        discarded, so every generator is where the interrupted run had it."""
+        batches = self.epoch_batches(epoch, stage)
+        if skip:
+            for _ in range(skip):
+                next(batches)
+            if self.rng_state is not None:
+                restore_rng_state(self.rng_state)  # what the skipped data draws consumed
+        return batches
+
+    def epoch_batches(self, epoch: int, stage: Stage) -> Iterator[tuple[Tensor, Tensor]]:
+        """This epoch's training batches: images [B, 3, S_i, S_i] on the device, targets [B] or [B, K]."""
+        epoch_seed = derived_seed(self.config.seed, _SEED_EPOCH, epoch, self.ranks.rank)
+        self.data_generator.manual_seed(epoch_seed)
+        if self.loader_kind == "device":
+            yield from self.train_loader
+            return
+        self.sampler.set_epoch(epoch)
+        loader = DataLoader(self.train_dataset, batch_size=self.rank_batch, sampler=self.sampler,
+                            drop_last=True, num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(epoch_seed))  # worker seeds
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        for images, labels in loader:
+            images = images.to(self.device, non_blocking=True, memory_format=memory_format)
+            labels = labels.to(self.device, non_blocking=True)
+            yield mix_batch(images, labels, stage.mixup_alpha, stage.cutmix_alpha, self.num_classes,
+                            self.data_generator)
+
+    def averaged_models(self) -> list[nn.Module]:
+        return [self.model] + ([self.ema.module] if self.ema is not None else [])
+
+    def epoch_record(self, epoch: int, stage: Stage, stats: dict) -> dict[str, Any]:
+        """The epoch's record for history.json, with the test accuracy of the model as it is now."""
+        self.ranks.broadcast_buffers(*self.averaged_models())  # distributed: every rank tests rank 0's statistics
+        loss_sum, correct, seen = stats["global"]
+        record = {
+            "epoch": epoch + 1,
+            "stage": stage.index,
+            "image_size": stage.image_size,
+            "dropout": stage.dropout,
+            "randaug_magnitude": stage.randaug_magnitude,
+            "randaug_applied": stage.randaug_magnitude > 0,  # both loaders apply it
+            "mixup_alpha": stage.mixup_alpha,
+            "cutmix_alpha": stage.cutmix_alpha,
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,  # against the larger Mixup partner when mixing
+            "test_acc": self.test(self.reported_model).accuracy,
+            "images_per_s": seen / stats["steady_time"],  # compiling excluded
+            "epoch_time": stats["train_time"],
+            "wall_time": self.elapsed(),
+            "lr": self.scheduler.get_last_lr()[0],
+            "compile_time": stats["compile_time"],
+        }
+        if self.ema is not None:
+            record["test_acc_raw"] = self.test(self.model).accuracy
+        self.log(epoch_line(record, self.schedule.total_epochs))
+        return record
+
+    def raise_non_finite(self, epoch: int, step: int, value: float | None) -> None:
+        value = "not finite" if value is None or math.isfinite(value) else value  # finite: another rank's
+        last = self.history[-1]["epoch"] if self.history else None
+        where = (f"the last good checkpoint is {self.run_dir.checkpoint} (after epoch {last})"
+                 if self.run_dir.checkpoint is not None and last is not None else "no checkpoint was written")
+        raise NonFiniteLossError(
+            f"training loss is {value} at epoch {epoch + 1}/{self.schedule.total_epochs}, step {step + 1}/"
+            f"{self.steps_per_epoch} (learning rate {self.scheduler.get_last_lr()[0]:.3g}); stopping. {where}. "
+            f"Try a lower --lr or a longer --warmup-epochs.")
+
+    @property
+    def reported_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def test(self, model: nn.Module):
+        return evaluate(model, self.test_loader, self.num_classes, bf16=self.bf16, all_reduce=self.ranks.enabled)
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.run_started
+
+    # ----------------------------------------------------------- beside the loop: robustness
+    def compiling_step(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The first step at a new image size with torch.compile on: it compiles. Timed (see
+        `take_compile_time`); a compiler failure falls back to eager training instead of ending the run."""
+        synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            logits, loss = self.train_step(images, targets)
+        except Exception as exc:  # a compiler failure must not cost the run: train eagerly
+            if self.forward is self.train_module:
+                raise
+            self.compile_error = f"{type(exc).__name__}: {exc}"
+            self.log(f"WARNING: torch.compile failed ({self.compile_error[:300]}); training eagerly")
+            self.forward = self.train_module
+            logits, loss = self.train_step(images, targets)
+        synchronize(self.device)
+        self.compiled_sizes.add(images.shape[-1])
+        self.compile_time = time.perf_counter() - start
+        self.step = self.train_step
+        return logits, loss
+
+    def take_compile_time(self) -> float | None:
+        """The compiling step's time in this epoch (None if none compiled), once."""
+        compile_time, self.compile_time = self.compile_time, None
+        return compile_time
+
+    def stop_mid_epoch(self, epoch: int, step: int, meter: _StepMeter) -> None:
+        """Save the state at `step` of `epoch` (where a resume continues) and say so."""
+        self.save_training_state(epoch, step, meter.partial())
+        self.log(f"stopped at epoch {epoch + 1}, step {step}/{self.steps_per_epoch}; "
+                 + (f"checkpoint saved to {self.run_dir.checkpoint}; continue with --resume --out {self.config.out}"
+                    if self.run_dir.checkpoint else "no output directory, nothing saved"))
+
+    def stop_requested(self, epoch: int, stop: _StopOnSignal) -> str | None:
+        """After an epoch: "interrupted" if any rank got Ctrl-C or SIGTERM, "stopped" at
+        `stop_after`, None to go on."""
+        cfg = self.config
+        if self.ranks.any(stop.requested, self.device):
+            self.log(f"stopped after epoch {epoch + 1}; continue with --resume --out {cfg.out}")
+            return "interrupted"
+        if cfg.stop_after is not None and cfg.stop_after <= epoch + 1 < self.schedule.total_epochs:
+            self.log(f"stopped after epoch {epoch + 1} as asked (stop_after={cfg.stop_after}); "
+                     f"continue with --resume --out {cfg.out}")
+            return "stopped"
+        return None
+
+    # ------------------------------------------------------------------ run directory, resume
+    def prepare_out_dir(self) -> None:
+        """run.json for a new run, or the check that the directory holds this run (rank 0, then
+        every rank fails or none)."""
+        if self.run_dir.out is None:
+            return
+        error = None
+        if self.ranks.is_main:
+            run = {"config": self.given_config.to_dict(), "command": self.command}
+            compare = tuple(f.name for f in fields(TrainConfig) if f.name not in RUNTIME_FIELDS)
+            try:
+                self.run_dir.create_or_resume(run, resume=self.config.resume, overwrite=self.config.overwrite,
+                                              compare=compare)
+            except Exception as exc:  # raised below, after the other ranks have heard of it
+                error = exc
+        message = self.ranks.from_main(None if error is None else str(error))  # every rank fails, or none
+        if error is not None:
+            raise error
+        if message is not None:
+            raise RunDirectoryError(message)
+
+    def load_training_state(self) -> None:
+        where = self.run_dir.resume(self.device, schedule=self.schedule, model=self.model,
+                                    optimizer=self.optimizer, scheduler=self.scheduler, ema=self.ema)
+        self.history = where["history"]
+        self.start_epoch, self.start_step, self.partial = where["epoch"], where["step"], where["partial"]
+        self.elapsed_before, self.compile_error = where["elapsed"], where["compile_error"]
+        if len(where["rng"]) == self.ranks.world_size:
+            self.rng_state = where["rng"][self.ranks.rank]
+            # Restored last, after every object that draws random numbers while being built.
+            restore_rng_state(self.rng_state)
+        else:
+            warnings.warn(f"the checkpoint was written by {len(where['rng'])} process(es), this run has "
+                          f"{self.ranks.world_size}: random streams restart from the seed", stacklevel=2)
+        at = f"epoch {self.start_epoch + 1}" + (f", step {self.start_step + 1}" if self.start_step else "")
+        self.log(f"resuming {self.config.out} at {at} of {self.schedule.total_epochs}")
+
+    def save_training_state(self, epoch: int, step: int, partial: dict | None) -> None:
+        """Checkpoint: the run continues at (epoch, step); every rank's RNG state is gathered."""
+        if self.run_dir.checkpoint is None:
+            return
+        rng = self.ranks.gather(capture_rng_state())
+        self.run_dir.save(epoch=epoch, step=step, partial=partial, model=self.model, optimizer=self.optimizer,
+                          scheduler=self.scheduler, ema=self.ema, rng=rng, schedule=self.schedule,
+                          config=self.config.to_dict(), history=self.history, elapsed=self.elapsed(),
+                          compile_error=self.compile_error)
+
+    def save_epoch(self, epoch: int) -> None:
+        """After epoch `epoch`: the checkpoint (the run continues at the next one), history.json,
+        then the on_epoch callback."""
+        self.save_training_state(epoch + 1, 0, None)
+        if self.ranks.is_main and self.on_epoch is not None:
+            self.on_epoch(self.history[-1])
 
     # -------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -227,6 +414,7 @@ class Trainer:
 
         self.start_epoch, self.start_step, self.partial, self.rng_state = 0, 0, None, None
         self.elapsed_before = 0.0  # training time of earlier invocations (resume)
+        self.run_dir = RunDirectory(cfg.out, cfg.checkpoint_dir, writer=self.ranks.is_main)
         self.prepare_out_dir()
         if cfg.resume:
             self.load_training_state()
@@ -237,7 +425,9 @@ class Trainer:
         self.forward = (torch.compile(self.train_module, mode=cfg.compile_mode, dynamic=False) if cfg.compile
                         else self.train_module)
         self.compiled_sizes: set[int] = set()
+        self.compile_time: float | None = None  # the compiling step's, until the epoch's statistics take it
         self.setup_time = time.perf_counter() - started
+        self.run_started = time.perf_counter()
 
     def load_data(self) -> None:
         cfg = self.config
@@ -312,297 +502,6 @@ class Trainer:
         self.bn_loader = DeviceLoader(bn_split, self.rank_batch, device=device, image_size=self.eval_size,
                                       train=False, generator=torch.Generator(device=device), **norm)
 
-    # ------------------------------------------------------------------ run directory, resume
-    @property
-    def checkpoint_path(self) -> Path | None:
-        cfg = self.config
-        return None if cfg.out is None else Path(cfg.checkpoint_dir or cfg.out) / CHECKPOINT_FILE
-
-    def prepare_out_dir(self) -> None:
-        cfg = self.config
-        if cfg.out is None:
-            return
-        error = None
-        if self.ranks.is_main:
-            run = {"config": self.given_config.to_dict(), "command": self.command}
-            compare = tuple(f.name for f in fields(TrainConfig) if f.name not in RUNTIME_FIELDS)
-            try:
-                prepare_run_dir(cfg.out, run, resume=cfg.resume, overwrite=cfg.overwrite, compare=compare,
-                                checkpoint=self.checkpoint_path)
-            except Exception as exc:  # raised below, after the other ranks have heard of it
-                error = exc
-        message = self.ranks.from_main(None if error is None else str(error))  # every rank fails, or none
-        if error is not None:
-            raise error
-        if message is not None:
-            raise RunDirectoryError(message)
-
-    def load_training_state(self) -> None:
-        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
-        saved_schedule = ProgressiveSchedule.from_dict(state["schedule"])
-        if saved_schedule != self.schedule:
-            raise RunDirectoryError(f"the checkpoint's schedule differs from this run's:\n"
-                                    f"{saved_schedule.table()}\nvs\n{self.schedule.table()}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.ema is not None:
-            if state.get("ema") is None:
-                raise RunDirectoryError("the checkpoint holds no EMA weights; resume without --ema")
-            self.ema.load_state_dict(state["ema"])
-        self.history = list(state["history"])
-        self.start_epoch, self.start_step = int(state["epoch"]), int(state["step"])
-        self.partial = state.get("partial")
-        self.elapsed_before = float(state["elapsed"])
-        self.compile_error = state.get("compile_error")
-        rng = state["rng"]
-        if len(rng) == self.ranks.world_size:
-            self.rng_state = rng[self.ranks.rank]
-            # Restored last, after every object that draws random numbers while being built.
-            restore_rng_state(self.rng_state)
-        else:
-            warnings.warn(f"the checkpoint was written by {len(rng)} process(es), this run has "
-                          f"{self.ranks.world_size}: random streams restart from the seed", stacklevel=2)
-        where = f"epoch {self.start_epoch + 1}" + (f", step {self.start_step + 1}" if self.start_step else "")
-        self.log(f"resuming {self.config.out} at {where} of {self.schedule.total_epochs}")
-
-    def save_training_state(self, epoch: int, step: int, partial: dict | None) -> None:
-        """Checkpoint: the run continues at (epoch, step); every rank's RNG state is gathered."""
-        if self.checkpoint_path is None:
-            return
-        rng = self.ranks.gather(capture_rng_state())
-        if not self.ranks.is_main:
-            return
-        save_checkpoint({
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": rng,
-            "schedule": self.schedule.to_dict(),
-            "config": self.config.to_dict(),
-            "epoch": epoch,
-            "step": step,
-            "partial": partial,
-            "history": self.history,
-            "elapsed": self.elapsed(),
-            "compile_error": self.compile_error,
-        }, self.checkpoint_path)
-
-    # ----------------------------------------------------------------------------- training
-    def enter_stage(self, stage: Stage) -> None:
-        """Apply stage i's image size S_i and regularization (gamma_i, epsilon_i, lambda_i)."""
-        set_dropout(self.model, stage.dropout)
-        if self.ema is not None:
-            set_dropout(self.ema.module, stage.dropout)
-        if self.loader_kind == "device":
-            self.train_loader.set_stage(stage)
-        else:
-            self.train_dataset = self.train_split.with_transform(train_transform(stage, mean=self.mean, std=self.std))
-
-    def batches(self, epoch: int, stage: Stage) -> Iterator[tuple[Tensor, Tensor]]:
-        """This epoch's training batches: images [B, 3, S_i, S_i] on the device, targets [B] or [B, K]."""
-        epoch_seed = derived_seed(self.config.seed, _SEED_EPOCH, epoch, self.ranks.rank)
-        self.data_generator.manual_seed(epoch_seed)
-        if self.loader_kind == "device":
-            yield from self.train_loader
-            return
-        self.sampler.set_epoch(epoch)
-        loader = DataLoader(self.train_dataset, batch_size=self.rank_batch, sampler=self.sampler,
-                            drop_last=True, num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(epoch_seed))  # worker seeds
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        for images, labels in loader:
-            images = images.to(self.device, non_blocking=True, memory_format=memory_format)
-            labels = labels.to(self.device, non_blocking=True)
-            yield mix_batch(images, labels, stage.mixup_alpha, stage.cutmix_alpha, self.num_classes,
-                            self.data_generator)
-
-    def train_step(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.forward(images)  # [B, K]
-        loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.config.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
-        return logits.detach(), loss.detach()
-
-    def compiling_step(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, float]:
-        """The first step at a new image size (torch.compile recompiles): timed, eager on failure."""
-        synchronize(self.device)
-        start = time.perf_counter()
-        try:
-            logits, loss = self.train_step(images, targets)
-        except Exception as exc:  # a compiler failure must not cost the run: train eagerly
-            if self.forward is self.train_module:
-                raise
-            self.compile_error = f"{type(exc).__name__}: {exc}"
-            self.log(f"WARNING: torch.compile failed ({self.compile_error[:300]}); training eagerly")
-            self.forward = self.train_module
-            logits, loss = self.train_step(images, targets)
-        synchronize(self.device)
-        self.compiled_sizes.add(images.shape[-1])
-        return logits, loss, time.perf_counter() - start
-
-    def train_epoch(self, epoch: int, stage: Stage, stop: _StopOnSignal) -> tuple[dict, bool]:
-        """Train one epoch (from self.start_step); returns its statistics and whether it was interrupted."""
-        steps, resume_at = self.steps_per_epoch, self.start_step if epoch == self.start_epoch else 0
-        batches = self.batches(epoch, stage)
-        if resume_at:  # mid-epoch resume: replay the first batches so every generator advances
-            for _ in range(resume_at):
-                next(batches)
-            if self.rng_state is not None:
-                restore_rng_state(self.rng_state)  # what the skipped data draws consumed
-        tally = _DeviceTally(self.device, self.partial if resume_at else None)
-        train_time = self.partial["train_time"] if resume_at else 0.0
-        self.partial, compile_time, interrupted = None, None, False
-        bar = tqdm(total=steps, initial=resume_at, dynamic_ncols=True, unit="step",
-                   desc=f"epoch {epoch + 1}/{self.schedule.total_epochs} stage {stage.index} {stage.image_size}px",
-                   disable=not (self.progress and self.ranks.is_main))
-        synchronize(self.device)
-        started = time.perf_counter()
-        step = resume_at
-        with bar:
-            for step in range(resume_at, steps):
-                images, targets = next(batches)
-                if self.config.compile and stage.image_size not in self.compiled_sizes:
-                    logits, loss, compile_time = self.compiling_step(images, targets)
-                else:
-                    logits, loss = self.train_step(images, targets)
-                tally.add(step, loss, logits, targets)
-                bar.update(1)
-                if self.on_step is not None:
-                    self.on_step(epoch, step)
-                # The host reads every sync_every steps (under DDP the ranks must meet at the same
-                # steps, so a stop request waits for the next meeting).
-                alone_stopping = stop.requested and not self.ranks.enabled
-                if (step + 1) % self.sync_every and step + 1 < steps and not alone_stopping:
-                    continue
-                first_bad, stop_now = self.ranks.max(torch.stack(
-                    [-tally.first_bad, torch.tensor(int(stop.requested), device=self.device)])).tolist()
-                if -first_bad != tally.NEVER:
-                    self.raise_non_finite(epoch, -first_bad, float(tally.bad_loss) if self.ranks.is_main else None)
-                so_far = tally.read()
-                rate = so_far["seen"] * self.ranks.world_size / (train_time + time.perf_counter() - started)
-                bar.set_postfix(loss=f"{so_far['loss_sum'] / so_far['seen']:.3f}",
-                                acc=f"{so_far['correct'] / so_far['seen']:.3f}", img_s=f"{rate:.0f}",
-                                stage=stage.index, refresh=False)
-                if stop_now and step + 1 < steps:
-                    interrupted = True
-                    break
-        synchronize(self.device)
-        loop_time = time.perf_counter() - started  # this invocation's share of the epoch
-        train_time += loop_time
-        steady_time = train_time  # the time throughput is measured on: without compiling
-        done = step + 1 - resume_at
-        if compile_time is not None and done > 1:
-            # compile time = the compiling step's time less a usual step's (measured on the others)
-            compile_time = max(0.0, compile_time - (loop_time - compile_time) / (done - 1))
-            steady_time -= compile_time
-        stats = {**tally.read(), "train_time": train_time, "steady_time": steady_time, "step": step + 1,
-                 "compile_time": compile_time}
-        totals = self.ranks.sum(torch.tensor([stats["loss_sum"], stats["correct"], stats["seen"]],
-                                             dtype=tally.loss_sum.dtype, device=self.device))
-        stats["global"] = totals.tolist()
-        return stats, interrupted
-
-    def raise_non_finite(self, epoch: int, step: int, value: float | None) -> None:
-        value = "not finite" if value is None or math.isfinite(value) else value  # finite: another rank's
-        last = self.history[-1]["epoch"] if self.history else None
-        where = (f"the last good checkpoint is {self.checkpoint_path} (after epoch {last})"
-                 if self.checkpoint_path is not None and last is not None else "no checkpoint was written")
-        raise NonFiniteLossError(
-            f"training loss is {value} at epoch {epoch + 1}/{self.schedule.total_epochs}, step {step + 1}/"
-            f"{self.steps_per_epoch} (learning rate {self.scheduler.get_last_lr()[0]:.3g}); stopping. {where}. "
-            f"Try a lower --lr or a longer --warmup-epochs.")
-
-    @property
-    def reported_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
-
-    def test(self, model: nn.Module):
-        return evaluate(model, self.test_loader, self.num_classes, bf16=self.bf16, all_reduce=self.ranks.enabled)
-
-    def elapsed(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.run_started
-
-    def run(self) -> TrainResult:
-        """Algorithm 1: for each stage i, set (S_i, gamma_i, epsilon_i, lambda_i) and train its epochs."""
-        self.setup()
-        cfg, schedule = self.config, self.schedule
-        self.log(self.describe())
-        status, stage = "finished", None
-        self.run_started = time.perf_counter()
-        with _StopOnSignal(self.log) as stop:
-            for epoch in range(self.start_epoch, schedule.total_epochs):
-                if stage != schedule.at(epoch):
-                    stage = schedule.at(epoch)
-                    self.enter_stage(stage)
-                    if stage.start_epoch == epoch > 0:
-                        self.log(f"stage {stage.index}: {stage.image_size} px, dropout {stage.dropout:.3f}, "
-                                 f"RandAugment {stage.randaug_magnitude:.2f}, Mixup alpha {stage.mixup_alpha:.3f}"
-                                 + (f", CutMix alpha {stage.cutmix_alpha:.3f}" if stage.cutmix_alpha else ""))
-                self.model.train()
-                stats, interrupted = self.train_epoch(epoch, stage, stop)
-                if interrupted:
-                    self.save_training_state(epoch, stats["step"], {k: stats[k] for k in (
-                        "loss_sum", "correct", "seen", "train_time")})
-                    status = "interrupted"
-                    self.log(f"stopped at epoch {epoch + 1}, step {stats['step']}/{self.steps_per_epoch}; "
-                             + (f"checkpoint saved to {self.checkpoint_path}; continue with --resume --out {cfg.out}"
-                                if self.checkpoint_path else "no output directory, nothing saved"))
-                    break
-                self.ranks.broadcast_buffers(*self.averaged_models())
-                self.history.append(self.epoch_record(epoch, stage, stats))
-                self.save_training_state(epoch + 1, 0, None)
-                if self.ranks.is_main and cfg.out is not None:
-                    atomic_write_json(Path(cfg.out) / HISTORY_FILE, self.history)
-                if self.ranks.is_main and self.on_epoch is not None:
-                    self.on_epoch(self.history[-1])
-                if self.ranks.any(stop.requested, self.device):
-                    status = "interrupted"
-                    self.log(f"stopped after epoch {epoch + 1}; continue with --resume --out {cfg.out}")
-                    break
-                if cfg.stop_after is not None and cfg.stop_after <= epoch + 1 < schedule.total_epochs:
-                    status = "stopped"
-                    self.log(f"stopped after epoch {epoch + 1} as asked (stop_after={cfg.stop_after}); "
-                             f"continue with --resume --out {cfg.out}")
-                    break
-        summary = self.finish(status)
-        return TrainResult(self.history, summary, self.reported_model.eval(),
-                           Path(cfg.out) if cfg.out is not None else None, status)
-
-    def averaged_models(self) -> list[nn.Module]:
-        return [self.model] + ([self.ema.module] if self.ema is not None else [])
-
-    def epoch_record(self, epoch: int, stage: Stage, stats: dict) -> dict[str, Any]:
-        loss_sum, correct, seen = stats["global"]
-        record = {
-            "epoch": epoch + 1,
-            "stage": stage.index,
-            "image_size": stage.image_size,
-            "dropout": stage.dropout,
-            "randaug_magnitude": stage.randaug_magnitude,
-            "randaug_applied": stage.randaug_magnitude > 0,  # both loaders apply it
-            "mixup_alpha": stage.mixup_alpha,
-            "cutmix_alpha": stage.cutmix_alpha,
-            "train_loss": loss_sum / seen,
-            "train_acc": correct / seen,  # against the larger Mixup partner when mixing
-            "test_acc": self.test(self.reported_model).accuracy,
-            "images_per_s": seen / stats["steady_time"],  # compiling excluded
-            "epoch_time": stats["train_time"],
-            "wall_time": self.elapsed(),
-            "lr": self.scheduler.get_last_lr()[0],
-            "compile_time": stats["compile_time"],
-        }
-        if self.ema is not None:
-            record["test_acc_raw"] = self.test(self.model).accuracy
-        self.log(epoch_line(record, self.schedule.total_epochs))
-        return record
-
     # ------------------------------------------------------------------------------- finish
     def finish(self, status: str) -> dict[str, Any]:
         cfg, model = self.config, self.reported_model
@@ -628,17 +527,11 @@ class Trainer:
                 summary["ranks_identical"] = len(set(self.ranks.gather(state_digest(model)))) == 1
                 if not summary["ranks_identical"]:
                     warnings.warn("the ranks ended with different weights", RuntimeWarning, stacklevel=2)
-            if self.ranks.is_main and cfg.out is not None and cfg.save_weights:
-                files = save_weights(model.state_dict(), Path(cfg.out) / WEIGHTS_FILE, WEIGHT_SHARD_BYTES)
-                summary["weights"] = [f.name for f in files]
-        if self.ranks.is_main and cfg.out is not None:
-            atomic_write_json(Path(cfg.out) / SUMMARY_FILE, summary)
-            if self.history:
-                data = "the CIFAR-10 sample" if self.data.is_sample else cfg.dataset
-                write_plots(cfg.out, self.history,
-                            f"{self.model.name} on {data} ({len(self.train_split)} training images), "
-                            f"schedule {self.schedule.name or 'custom'}",
-                            summary.get("confusion_matrix"), self.classes, summary["final_test_acc"])
+        data = "the CIFAR-10 sample" if self.data.is_sample else cfg.dataset
+        weights = model.state_dict() if status == "finished" and cfg.save_weights else None
+        self.run_dir.finish(summary, self.history, classes=self.classes, weights=weights,
+                            title=f"{self.model.name} on {data} ({len(self.train_split)} training images), "
+                                  f"schedule {self.schedule.name or 'custom'}")
         if status == "finished":
             self.log(self.describe_result(summary))
         return summary
@@ -705,3 +598,151 @@ class Trainer:
         if self.config.out is not None:
             text += f"\nresults in {self.config.out}: {SUMMARY_FILE}, {HISTORY_FILE}, {CURVES_FILE}, {CONFUSION_FILE}"
         return text
+
+
+# -------------------------------------------------------------------------------------- helpers beside the loop
+
+class _StepMeter:
+    """An epoch's bookkeeping beside the training step, kept out of its way.
+
+    The loss and accuracy are summed on the device (`_DeviceTally`); the host reads them only at
+    every sync_every-th step, at the epoch's last step, and at once after a stop request when there
+    is one process. At those reads (and nowhere else) the ranks vote on stopping and the first
+    non-finite loss raises NonFiniteLossError (one collective for both); the progress bar shows
+    loss, accuracy and images/s. It also times the epoch (with the GPU synchronized at both ends),
+    less what compiling took.
+    """
+
+    def __init__(self, trainer: Trainer, epoch: int, stage: Stage, first_step: int, stop: _StopOnSignal) -> None:
+        self.trainer, self.epoch, self.stage, self.stop = trainer, epoch, stage, stop
+        resuming = first_step > 0
+        self.tally = _DeviceTally(trainer.device, trainer.partial if resuming else None)
+        self.time_before = trainer.partial["train_time"] if resuming else 0.0  # earlier invocations
+        trainer.partial = None
+        self.first_step = self.last_step = first_step
+        self.bar = tqdm(total=trainer.steps_per_epoch, initial=first_step, dynamic_ncols=True, unit="step",
+                        desc=f"epoch {epoch + 1}/{trainer.schedule.total_epochs} stage {stage.index} "
+                             f"{stage.image_size}px",
+                        disable=not (trainer.progress and trainer.ranks.is_main))
+
+    def __enter__(self) -> _StepMeter:
+        self.bar.__enter__()
+        synchronize(self.trainer.device)
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+    def add(self, step: int, loss: Tensor, logits: Tensor, targets: Tensor) -> None:
+        self.tally.add(step, loss, logits, targets)
+        self.last_step = step
+        self.bar.update(1)
+        if self.trainer.on_step is not None:
+            self.trainer.on_step(self.epoch, step)
+
+    def must_stop(self, step: int) -> bool:
+        """Whether the run stops after `step` (never at the epoch's last step: the epoch ends)."""
+        trainer, steps = self.trainer, self.trainer.steps_per_epoch
+        # Under DDP the ranks must meet at the same steps, so a stop request waits for the next meeting.
+        alone_stopping = self.stop.requested and not trainer.ranks.enabled
+        if (step + 1) % trainer.sync_every and step + 1 < steps and not alone_stopping:
+            return False
+        first_bad, stop_now = trainer.ranks.max(torch.stack(
+            [-self.tally.first_bad, torch.tensor(int(self.stop.requested), device=trainer.device)])).tolist()
+        if -first_bad != self.tally.NEVER:
+            trainer.raise_non_finite(self.epoch, -first_bad,
+                                     float(self.tally.bad_loss) if trainer.ranks.is_main else None)
+        so_far = self.tally.read()
+        rate = so_far["seen"] * trainer.ranks.world_size / (self.time_before + time.perf_counter() - self.started)
+        self.bar.set_postfix(loss=f"{so_far['loss_sum'] / so_far['seen']:.3f}",
+                             acc=f"{so_far['correct'] / so_far['seen']:.3f}", img_s=f"{rate:.0f}",
+                             stage=self.stage.index, refresh=False)
+        return bool(stop_now) and step + 1 < steps
+
+    def partial(self) -> dict[str, Any]:
+        """The unfinished epoch's sums and training time, for a checkpoint."""
+        synchronize(self.trainer.device)
+        return {**self.tally.read(), "train_time": self.time_before + time.perf_counter() - self.started}
+
+    def stats(self) -> dict[str, Any]:
+        """The finished epoch: this rank's sums, the times (less compiling), and the sums over the
+        ranks ("global")."""
+        trainer, compile_time = self.trainer, self.trainer.take_compile_time()
+        synchronize(trainer.device)
+        loop_time = time.perf_counter() - self.started  # this invocation's share of the epoch
+        train_time = self.time_before + loop_time
+        steady_time = train_time  # the time throughput is measured on: without compiling
+        done = self.last_step + 1 - self.first_step
+        if compile_time is not None and done > 1:
+            # compile time = the compiling step's time less a usual step's (measured on the others)
+            compile_time = max(0.0, compile_time - (loop_time - compile_time) / (done - 1))
+            steady_time -= compile_time
+        stats = {**self.tally.read(), "train_time": train_time, "steady_time": steady_time,
+                 "step": self.last_step + 1, "compile_time": compile_time}
+        totals = trainer.ranks.sum(torch.tensor([stats["loss_sum"], stats["correct"], stats["seen"]],
+                                                dtype=self.tally.loss_sum.dtype, device=trainer.device))
+        stats["global"] = totals.tolist()
+        return stats
+
+
+class _StopOnSignal:
+    """SIGINT / SIGTERM request a clean stop (finish the step, save, exit); a third one aborts."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.count = 0
+        self.previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.count > 0
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count >= 3:
+            raise KeyboardInterrupt(f"signal {signum} received 3 times: aborting without saving")
+        if self.count == 1:
+            self.log(f"\n{signal.Signals(signum).name} received: finishing this step, saving a checkpoint, "
+                     "stopping (twice more to abort without saving)")
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+class _DeviceTally:
+    """Loss sum, correct count and the first non-finite step, kept on the device.
+
+    `add` queues a few tensor operations and never waits for the GPU; only `read` copies to the
+    host, which the loop does every sync_every steps.
+    """
+
+    NEVER = torch.iinfo(torch.int64).max
+
+    def __init__(self, device: torch.device, partial: dict[str, Any] | None) -> None:
+        partial = partial or {}
+        exact = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.loss_sum = torch.tensor(partial.get("loss_sum", 0.0), device=device, dtype=exact)
+        self.correct = torch.tensor(partial.get("correct", 0), device=device, dtype=torch.int64)
+        self.seen = int(partial.get("seen", 0))  # a Python int: batch sizes are known on the host
+        self.first_bad = torch.full((), self.NEVER, device=device, dtype=torch.int64)
+        self.bad_loss = torch.zeros((), device=device)
+
+    def add(self, step: int, loss: Tensor, logits: Tensor, targets: Tensor) -> None:
+        hard_targets = targets if targets.ndim == 1 else targets.argmax(1)  # Mixup: the larger partner
+        self.loss_sum += loss * len(logits)
+        self.correct += (logits.argmax(1) == hard_targets).sum()
+        bad = (self.first_bad == self.NEVER) & ~torch.isfinite(loss)
+        self.first_bad = torch.where(bad, step, self.first_bad)
+        self.bad_loss = torch.where(bad, loss, self.bad_loss)
+        self.seen += len(logits)
+
+    def read(self) -> dict[str, Any]:
+        return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "seen": self.seen}

@@ -1,5 +1,6 @@
 """The trainer on tiny CPU runs: 160 sample images, cifar-tiny, 16-20 px, 3 epochs."""
 
+import inspect
 import json
 import math
 import os
@@ -220,6 +221,17 @@ def test_the_training_step_reads_nothing_back_to_the_host(tiny_data, monkeypatch
     train(config(schedule=two_stages, ema=True, sync_every=50, bn_reestimate=False), progress=False,
           data=tiny_data, on_step=lambda epoch, step: steps.append(step))
     assert len(steps) == 10 and calls == ["train_step", "add"] * 10 and reads == []
+
+
+def test_the_loop_a_student_opens_reads_as_algorithm_1():
+    """Issue 13: Trainer.run stays about 30 lines; the epoch loop and the step together about 40, with
+    the distributed, signal, non-finite and timing machinery in helpers beside them."""
+    lines = {name: len(inspect.getsource(getattr(trainer_module.Trainer, name)).splitlines())
+             for name in ("run", "train_epoch", "train_step")}
+    assert lines["run"] <= 30 and lines["train_epoch"] + lines["train_step"] <= 40, lines
+    loop = inspect.getsource(trainer_module.Trainer.train_epoch) + inspect.getsource(trainer_module.Trainer.train_step)
+    for machinery in ("ranks", "signal", "isfinite", "perf_counter", "synchronize", "compile(", "tqdm", "checkpoint"):
+        assert machinery not in loop, machinery
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA check of the test above; needs a GPU")
