@@ -39,10 +39,16 @@ def fingerprint(loader: str) -> dict:
             "test_acc_before_bn": bn["test_acc_before"], "weights_sha256": digest.hexdigest()}
 
 
+def platform_key() -> dict:
+    """What decides the floating-point kernels: torch release, CPU architecture and the vector
+    instructions ATen dispatches to, and the number of threads (reductions split by thread)."""
+    return {"torch": torch.__version__, "machine": platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+
+
 def main() -> None:
     runs = {loader: fingerprint(loader) for loader in ("device", "cpu")}
-    record = {"torch": torch.__version__, "machine": platform.machine(), "python": sys.version.split()[0],
-              "runs": runs}
+    record = {**platform_key(), "python": sys.version.split()[0], "runs": runs}
     OUT.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {OUT}")
 
