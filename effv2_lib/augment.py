@@ -186,18 +186,17 @@ def cutmix_batch(images: torch.Tensor, labels: torch.Tensor, alpha: float, num_c
     batch, height, width = len(labels), images.shape[-2], images.shape[-1]
     lam = _beta(alpha, batch, images.device, generator)                            # [B]
     side = torch.sqrt(1 - lam)                                                     # [B], box side / image side
-    centre = torch.stack([torch.randint(height, (batch,), device=images.device, generator=generator),
-                          torch.randint(width, (batch,), device=images.device, generator=generator)])  # [2, B]
-    half = torch.stack([(side * height).long(), (side * width).long()]) // 2       # [2, B], truncated as TF
-    limit = torch.tensor([[height], [width]], device=images.device)
-    low = torch.minimum((centre - half).clamp_min(0), limit)                        # [2, B] (y1, x1)
-    high = torch.minimum(centre + half, limit)                                     # [2, B] (y2, x2)
+    centre_y = torch.randint(height, (batch,), device=images.device, generator=generator)   # [B]
+    centre_x = torch.randint(width, (batch,), device=images.device, generator=generator)    # [B]
+    half_h, half_w = (side * height).long() // 2, (side * width).long() // 2       # [B], truncated as TF
+    y1, y2 = (centre_y - half_h).clamp(0, height), (centre_y + half_h).clamp(max=height)
+    x1, x2 = (centre_x - half_w).clamp(0, width), (centre_x + half_w).clamp(max=width)
     rows = torch.arange(height, device=images.device).view(1, height, 1)
     cols = torch.arange(width, device=images.device).view(1, 1, width)
-    box = ((rows >= low[0].view(-1, 1, 1)) & (rows < high[0].view(-1, 1, 1))
-           & (cols >= low[1].view(-1, 1, 1)) & (cols < high[1].view(-1, 1, 1)))   # [B, H, W]
+    box = ((rows >= y1.view(-1, 1, 1)) & (rows < y2.view(-1, 1, 1))
+           & (cols >= x1.view(-1, 1, 1)) & (cols < x2.view(-1, 1, 1)))           # [B, H, W]
     mixed = torch.where(box.unsqueeze(1), images.flip(0), images)
-    pasted = (high - low).prod(0).to(torch.float32) / (height * width)            # [B], area actually pasted
+    pasted = ((y2 - y1) * (x2 - x1)).to(torch.float32) / (height * width)         # [B], area actually pasted
     return mixed, _mixed_targets(labels, 1 - pasted, num_classes, images.dtype if images.is_floating_point()
                                  else torch.float32)
 

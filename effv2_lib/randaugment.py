@@ -263,7 +263,7 @@ def _cutout(images: torch.Tensor, pad: float, fill, generator: torch.Generator |
     cols = torch.arange(width, device=images.device).view(1, 1, 1, width)
     inside = ((rows >= centre_y - pad) & (rows < centre_y + pad)
               & (cols >= centre_x - pad) & (cols < centre_x + pad))                 # [B, 1, H, W]
-    return torch.where(inside, torch.tensor(fill, dtype=images.dtype, device=images.device), images)
+    return images.masked_fill(inside, fill)
 
 
 # How each automl op applies its argument m (signed already) to uint8 [B, C, H, W]:

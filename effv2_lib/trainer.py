@@ -570,8 +570,9 @@ class Trainer:
     # ------------------------------------------------------------------------------ messages
     def describe(self) -> str:
         cfg = self.config
-        loader = (" (crop, flip, resize, RandAugment, Mixup batched on the device)" if self.loader_kind == "device"
-                  else " (DataLoader, per-sample crop, flip, resize, RandAugment; Mixup per batch)")
+        loader = (" (crop, flip, resize, RandAugment, Mixup/CutMix batched on the device)"
+                  if self.loader_kind == "device"
+                  else " (DataLoader, per-sample crop, flip, resize, RandAugment; Mixup/CutMix per batch)")
         lines = [
             f"model {self.model.name} ({count_parameters(self.model) / 1e6:.2f}M parameters), "
             f"{self.num_classes} classes, on {self.device}"
