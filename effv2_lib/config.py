@@ -149,8 +149,8 @@ def resolve_schedule(config: TrainConfig) -> ProgressiveSchedule:
         epochs = config.epochs if config.epochs is not None else schedule.total_epochs
         schedule = ProgressiveSchedule.fixed(
             epochs, config.fixed_size, dropout=last.dropout,
-            randaug=last.randaug_magnitude, mixup=last.mixup_alpha,
-            name=f"{schedule.name or 'schedule'} fixed at {config.fixed_size} px")
+            randaug=last.randaug_magnitude, mixup=last.mixup_alpha, cutmix=last.cutmix_alpha,
+            randaug_ops=last.randaug_ops, name=f"{schedule.name or 'schedule'} fixed at {config.fixed_size} px")
     return schedule
 
 

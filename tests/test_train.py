@@ -403,6 +403,9 @@ def test_a_fixed_run_may_be_shorter_than_its_preset_has_stages(smoke):
     assert (fixed.num_stages, fixed.total_epochs) == (1, 2)
     assert (fixed.stages[0].image_size, fixed.stages[0].dropout, fixed.stages[0].randaug_magnitude,
             fixed.stages[0].mixup_alpha) == (32, last.dropout, last.randaug_magnitude, last.mixup_alpha)
+    # the automl rule's final CutMix and op table carry over to its fixed baseline
+    automl_fixed = resolve_schedule(TrainConfig(preset="automl-m", epochs=3, fixed_size=64)).stages[0]
+    assert (automl_fixed.cutmix_alpha, automl_fixed.randaug_ops) == (0.2, "automl")
     # without epochs, smoke mode gives the fixed run one epoch per stage it replaces
     default = resolve_schedule(config_module.smoke_config(TrainConfig(preset="cifar10", fixed_size=32, smoke=True)))
     assert (default.num_stages, default.total_epochs) == (1, 4)
