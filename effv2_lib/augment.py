@@ -62,13 +62,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ._checks import check_choice, check_int, check_real
 from .data import CIFAR10_MEAN, CIFAR10_STD
-from .randaugment import (
-    RANDAUG_OP_TABLES,
-    AutomlRandAugment,
-    TorchvisionRandAugment,
-    batched_rand_augment,
-    check_level,
-)
+from .randaugment import RANDAUG_OP_TABLES, RANDAUGMENTS, batched_rand_augment, check_level
 
 CIFAR_SIZE = 32
 DEFAULT_PADDING = 4          # random-crop padding at 32 px, reflected (see DeviceLoader)
@@ -111,7 +105,7 @@ def train_transform(image_size, randaug_magnitude: float | None = None, *, randa
             randaug_ops = getattr(stage, "randaug_ops", None)
     image_size = _check_image_size(image_size)
     randaug_magnitude = check_level(0.0 if randaug_magnitude is None else randaug_magnitude)
-    randaug = _RANDAUGMENTS[check_choice("randaug_ops", randaug_ops or "torchvision", RANDAUG_OP_TABLES)]
+    randaug = RANDAUGMENTS[check_choice("randaug_ops", randaug_ops or "torchvision", RANDAUG_OP_TABLES)]
     padding = check_int("padding", padding, 0)
 
     steps = []
@@ -125,9 +119,6 @@ def train_transform(image_size, randaug_magnitude: float | None = None, *, randa
     if normalize:
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     return v2.Compose(steps)
-
-
-_RANDAUGMENTS = {"torchvision": TorchvisionRandAugment, "automl": AutomlRandAugment}
 
 
 def eval_transform(image_size: int = CIFAR_SIZE, *, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> v2.Compose:

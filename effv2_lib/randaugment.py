@@ -81,7 +81,7 @@ from torchvision.transforms.v2 import functional as TF
 from ._checks import check_choice, check_int, check_real
 from .schedule import RANDAUG_OP_TABLES
 
-__all__ = ["TorchvisionRandAugment", "AutomlRandAugment", "RANDAUG_OP_TABLES", "batched_rand_augment",
+__all__ = ["TorchvisionRandAugment", "AutomlRandAugment", "RANDAUGMENTS", "RANDAUG_OP_TABLES", "batched_rand_augment",
            "randaug_op_table", "automl_op_table", "randaug_to_torchvision", "draw_randaug_groups",
            "RANDAUG_OPS", "AUTOML_OPS", "MAX_PAPER_LEVEL", "RANDAUG_FILL"]
 
@@ -327,6 +327,10 @@ class AutomlRandAugment(nn.Module):
 
     def extra_repr(self) -> str:
         return f"level={self.level:g}, num_ops={self.num_ops}, fill={self.fill}"
+
+
+# The per-image transform of each op table.
+RANDAUGMENTS = {"torchvision": TorchvisionRandAugment, "automl": AutomlRandAugment}
 
 
 # --- batched on the device -----------------------------------------------------------------------

@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from ._checks import check_choice, check_int
 from .augment import mixup_batch
 from .plots import plot_image_grid, plot_schedule
-from .randaugment import MAX_PAPER_LEVEL, AutomlRandAugment, TorchvisionRandAugment
+from .randaugment import MAX_PAPER_LEVEL, RANDAUGMENTS
 from .schedule import MAX_RANDAUG, MIN_IMAGE_SIZE, PRESETS, RANDAUG_OP_TABLES, RULES, ProgressiveSchedule
 
 __all__ = ["ScheduleExplorer", "schedule_explorer", "AugmentationExplorer", "augmentation_explorer",
@@ -397,8 +397,7 @@ class AugmentationExplorer:
         with torch.random.fork_rng(devices=[]):  # RandAugment draws from the global generator
             torch.manual_seed(c["seed"])
             if c["magnitude"] > 0:
-                table = AutomlRandAugment if c["randaug_ops"] == "automl" else TorchvisionRandAugment
-                augment = table(c["magnitude"], num_ops=c["num_ops"])
+                augment = RANDAUGMENTS[c["randaug_ops"]](c["magnitude"], num_ops=c["num_ops"])
                 images = torch.stack([augment(image) for image in images])
         self.augmented = images  # uint8 [K, 3, S, S]
         generator = torch.Generator().manual_seed(c["seed"])
