@@ -305,22 +305,25 @@ class Trainer:
     def stop_mid_epoch(self, epoch: int, step: int, meter: _StepMeter) -> None:
         """Save the state at `step` of `epoch` (where a resume continues) and say so."""
         self.save_training_state(epoch, step, meter.partial())
-        self.log(f"stopped at epoch {epoch + 1}, step {step}/{self.steps_per_epoch}; "
-                 + (f"checkpoint saved to {self.run_dir.checkpoint}; continue with --resume --out {self.config.out}"
-                    if self.run_dir.checkpoint else "no output directory, nothing saved"))
+        self.log(f"stopped at epoch {epoch + 1}, step {step}/{self.steps_per_epoch}; {self.resume_hint()}")
 
     def stop_requested(self, epoch: int, stop: _StopOnSignal) -> str | None:
         """After an epoch: "interrupted" if any rank got Ctrl-C or SIGTERM, "stopped" at
         `stop_after`, None to go on."""
         cfg = self.config
         if self.ranks.any(stop.requested, self.device):
-            self.log(f"stopped after epoch {epoch + 1}; continue with --resume --out {cfg.out}")
+            self.log(f"stopped after epoch {epoch + 1}; {self.resume_hint()}")
             return "interrupted"
         if cfg.stop_after is not None and cfg.stop_after <= epoch + 1 < self.schedule.total_epochs:
-            self.log(f"stopped after epoch {epoch + 1} as asked (stop_after={cfg.stop_after}); "
-                     f"continue with --resume --out {cfg.out}")
+            self.log(f"stopped after epoch {epoch + 1} as asked (stop_after={cfg.stop_after}); {self.resume_hint()}")
             return "stopped"
         return None
+
+    def resume_hint(self) -> str:
+        """Where the stopped run's state is and how to continue it (the checkpoint was just saved)."""
+        if self.run_dir.checkpoint is None:
+            return "no output directory, nothing saved"
+        return f"checkpoint saved to {self.run_dir.checkpoint}; continue with --resume --out {self.config.out}"
 
     # ------------------------------------------------------------------ run directory, resume
     def prepare_out_dir(self) -> None:
