@@ -127,7 +127,7 @@ class TrainConfig:
 RUNTIME_FIELDS = frozenset({"out", "checkpoint_dir", "resume", "overwrite", "device", "bf16",
                             "channels_last", "compile", "compile_mode", "num_workers", "sync_every",
                             "stop_after", "save_weights"})
-# --smoke / EFFV2_SMOKE=1: 10 images per class, one epoch per stage unless epochs are given.
+# --smoke / EFFV2_QUICK=1: 10 images per class, one epoch per stage unless epochs are given.
 SMOKE = dict(subset_per_class=10, test_subset_per_class=10, batch_size=20, bn_batches=2, warmup_epochs=0.5)
 
 
@@ -135,7 +135,7 @@ def resolve_schedule(config: TrainConfig) -> ProgressiveSchedule:
     """The ProgressiveSchedule a config trains with (preset / explicit schedule, then fixed_size)."""
     if config.schedule is not None:
         schedule = ProgressiveSchedule.from_dict(dict(config.schedule))
-        if config.epochs is not None and config.epochs != schedule.total_epochs:
+        if config.fixed_size is None and config.epochs is not None and config.epochs != schedule.total_epochs:
             raise ValueError(f"epochs={config.epochs} disagrees with the explicit schedule's "
                              f"{schedule.total_epochs} epochs; give one of them")
     elif config.fixed_size is not None:

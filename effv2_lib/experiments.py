@@ -44,7 +44,7 @@ from ._cli import one_line_errors
 from .checkpoint import HISTORY_FILE, RUN_FILE, SUMMARY_FILE, atomic_write_json, read_json
 from .config import SMOKE, TrainConfig, resolve_schedule
 from .model import build_model
-from .runtime import hardware, is_smoke, train_throughput
+from .runtime import hardware, is_quick_check, train_throughput
 from .schedule import ProgressiveSchedule
 
 __all__ = ["RUN_NAMES", "ExperimentRun", "plan_cpu_cifar10", "measure_throughput", "run_cost",
@@ -334,10 +334,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"which runs, in the experiment's order (default: all: {', '.join(RUN_NAMES)})")
     parser.add_argument("--report", action="store_true", help="only rewrite the table and the figure")
     parser.add_argument("--smoke", action="store_true", help="a pipeline check in seconds on 10 images per class "
-                                                             "(also EFFV2_SMOKE=1); not an experiment")
+                                                             "(also EFFV2_QUICK=1); not an experiment")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
-    smoke = args.smoke or is_smoke()
+    smoke = args.smoke or is_quick_check()
     data = args.data or os.environ.get("EFFV2_DATA")
     if "matplotlib.pyplot" not in sys.modules:
         import matplotlib

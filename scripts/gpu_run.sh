@@ -41,7 +41,7 @@ TEE_PID=$!
 remaining() { echo $(( BUDGET - (SECONDS - START) )); }
 step() { echo; echo "=== $* ($(( SECONDS - START )) s elapsed, $(remaining) s left)"; }
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
-unset EFFV2_SMOKE
+unset EFFV2_QUICK
 
 if [ "$TINY" = 1 ]; then
     MODEL=(--model cifar-tiny --device cpu)

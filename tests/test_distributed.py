@@ -64,7 +64,7 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
 
 def test_torchrun_command_line_with_the_cpu_loader(tmp_path):
     out = tmp_path / "ddp"
-    env = {k: v for k, v in os.environ.items() if k not in ("EFFV2_SMOKE", "EFFV2_DATA")}
+    env = {k: v for k, v in os.environ.items() if k not in ("EFFV2_QUICK", "EFFV2_DATA")}
     env.update(MPLBACKEND="Agg", OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "effv2_lib.train", "--model", "cifar-tiny", "--sample", "--device", "cpu", "--loader", "cpu",
