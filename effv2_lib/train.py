@@ -35,7 +35,8 @@ from .config import LOADERS, TrainConfig, auto_config
 from .data import NORMALIZATION, CifarData
 from .model import MODEL_NAMES
 from .optim import LR_SCHEDULES, OPTIMIZERS
-from .runtime import is_smoke
+from .runtime import is_quick_check
+from .schedule import ProgressiveSchedule
 from .trainer import NonFiniteLossError, Trainer, TrainResult
 
 __all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "auto_config", "train", "build_parser", "main"]
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "on a CPU a ~5 minute classroom run; options given as well override them")
     g.add_argument("--smoke", action="store_true",
                    help="pipeline check in seconds on 10 images per class: one epoch per stage, or --epochs "
-                        "if given (also EFFV2_SMOKE=1)")
+                        "if given (also EFFV2_QUICK=1)")
     g.add_argument("--out", help="run directory for checkpoint, history, summary, plots (default: runs/<model>-<time>)")
     g.add_argument("--checkpoint-dir", dest="checkpoint_dir", help="keep checkpoint.pt here instead of in --out")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint "
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", help="progressive schedule preset (effv2_lib.schedule.PRESETS: cifar10, cifar100, "
                                     "cifar10-fixed, paper-s, ...)" + default("preset"))
     g.add_argument("--epochs", type=int, help="total epochs N (default: the preset's; cifar10: 40)")
+    g.add_argument("--schedule", type=_read_schedule, metavar="FILE",
+                   help="the schedule as JSON (ProgressiveSchedule.to_json(), e.g. from the schedule explorer) "
+                        "instead of --preset")
     g.add_argument("--fixed-size", dest="fixed_size", type=int, metavar="PX",
                    help="no progressive learning: train every epoch at PX with the final stage's regularization")
     g.add_argument("--eval-size", dest="eval_size", type=int, metavar="PX",
@@ -177,11 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _read_schedule(path: str) -> dict:
+    """--schedule FILE: a ProgressiveSchedule's JSON, checked as it is read."""
+    try:
+        return ProgressiveSchedule.from_json(Path(path).read_text(encoding="utf-8")).to_dict()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read the schedule file {path}: {exc.strerror}") from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        raise argparse.ArgumentTypeError(f"{path} is not a schedule (ProgressiveSchedule JSON): {exc}") from exc
+
+
 def _config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool, str | None]:
     given = vars(args)
+    if "schedule" in given and "preset" in given:
+        raise ValueError("--schedule and --preset both name the schedule; give one of them")
     progress = given.pop("progress", True)
     auto = given.pop("auto", False)
-    smoke = given.pop("smoke", False) or is_smoke()
+    smoke = given.pop("smoke", False) or is_quick_check()
     note = None
     if given.get("resume"):
         if "out" not in given:

@@ -146,7 +146,7 @@ def test_ctrl_c_on_the_command_line_saves_and_exits_cleanly(tmp_path):
     command = [sys.executable, "-m", "effv2_lib.train", "--model", "cifar-tiny", "--sample", "--device", "cpu",
                "--subset-per-class", "16", "--test-subset-per-class", "5", "--batch-size", "32",
                "--epochs", "40", "--bn-batches", "2", "--no-progress", "--out", str(out)]
-    env = {k: v for k, v in os.environ.items() if k not in ("EFFV2_SMOKE", "EFFV2_DATA")}
+    env = {k: v for k, v in os.environ.items() if k not in ("EFFV2_QUICK", "EFFV2_DATA")}
     env.update(MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
@@ -352,6 +352,45 @@ def test_the_command_that_started_a_run_plus_resume_resumes_it(tmp_path, monkeyp
     assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]  # --epochs honoured in smoke mode
 
 
+def test_a_schedule_file_from_the_explorer_trains_and_is_recorded(tmp_path):
+    schedule = ProgressiveSchedule(total_epochs=3, num_stages=3, image_size=(12, 20), size_multiple=4,
+                                   dropout=(0.0, 0.1), randaug=(1, 3), mixup=(0.0, 0.0), name="my schedule")
+    path = tmp_path / "schedule.json"
+    path.write_text(schedule.to_json())
+    out = tmp_path / "run"
+    command = ["--smoke", "--model", "cifar-tiny", "--schedule", str(path), "--out", str(out), "--no-progress",
+               "--device", "cpu"]
+    assert train_module.main(command) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [r["image_size"] for r in history] == [12, 16, 20]
+    run = json.loads((out / "run.json").read_text())
+    assert ProgressiveSchedule.from_dict(run["config"]["schedule"]) == schedule
+    assert train_module.main(command + ["--resume"]) == 0  # finished: resuming it again is a no-op
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "cannot read the schedule file"),
+    ("not json", "is not a schedule"),
+    ('{"total_epochs": 4, "num_stages": 0, "image_size": [16, 32]}', "num_stages must be an int >= 1"),
+    ('{"total_epochs": 4}', "is not a schedule"),
+])
+def test_a_bad_schedule_file_is_refused_with_one_line(content, words, tmp_path, capsys):
+    path = tmp_path / "schedule.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit):
+        train_module.main(["--schedule", str(path), "--smoke", "--model", "cifar-tiny", "--no-progress"])
+    assert words in capsys.readouterr().err
+
+
+def test_a_schedule_file_and_a_preset_exclude_each_other(tmp_path, capsys):
+    path = tmp_path / "schedule.json"
+    path.write_text(ProgressiveSchedule.from_preset("cifar10", 8).to_json())
+    with pytest.raises(SystemExit):
+        train_module.main(["--schedule", str(path), "--preset", "cifar10", "--smoke", "--model", "cifar-tiny"])
+    assert "give one of them" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("loader", ["cpu", "device"])
 def test_the_automl_rule_trains_with_cutmix_and_automls_ops_on_either_loader(tiny_data, loader, monkeypatch):
     schedule = ProgressiveSchedule(2, 2, image_size=(16, 20), randaug=(5, 10), mixup=(0.2, 0.4), size_multiple=4,
@@ -538,6 +577,7 @@ def test_help_lists_every_option(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for option in ("--auto", "--model", "--preset", "--epochs", "--data", "--out", "--fixed-size", "--compile",
-                   "--smoke", "--resume", "--overwrite", "--device", "--batch-size", "--lr", "--optimizer",
+                   "--smoke", "--resume", "--overwrite",
+                   "--schedule", "--device", "--batch-size", "--lr", "--optimizer",
                    "--ema", "--seed", "--subset-per-class", "--loader", "--bn-reestimate", "--stop-after"):
         assert option in text, option
