@@ -7,6 +7,8 @@ Tan & Le (2021), Figure 2 draws MBConv and Fused-MBConv; Table 4 lists V2-S's st
   squeeze-and-excitation branch, and the residual with its stochastic-depth probability;
 * `plot_network` draws a network's stem, stages and head from its `ModelSpec` (one small square
   per block, coloured by operator), with the feature-map size each stage sees at a given input;
+* `plot_family` stacks several such diagrams at one scale (V2-S, M, L and XL: the later stages
+  grow most, the paper's non-uniform scaling of Section 3.3);
 * `plot_stochastic_depth` draws the drop probability of every block of a built network, read
   from its `StochasticDepth` modules: blocks without a residual (the first of a stage that
   changes the width or the stride) are never dropped, and are drawn as such.
@@ -15,6 +17,8 @@ Every function returns the Figure and draws nothing it did not read from the mod
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -27,7 +31,7 @@ from ._checks import check_int
 from .blocks import ConvBNAct, FusedMBConv, MBConv, SqueezeExcitation, StochasticDepth
 from .model import EfficientNetV2, ModelSpec
 
-__all__ = ["BLOCK_COLORS", "describe_layers", "plot_block", "plot_network", "plot_stochastic_depth"]
+__all__ = ["BLOCK_COLORS", "describe_layers", "plot_block", "plot_network", "plot_family", "plot_stochastic_depth"]
 
 BLOCK_COLORS = {"fused": "#f4a261", "mbconv": "#5fa8d3", "stem": "#cccccc", "head": "#cccccc"}
 BLOCK_GID, STAGE_GID = "block", "stage"  # gids of the patches, for tests and for reading a figure
@@ -111,10 +115,12 @@ def plot_block(block: MBConv | FusedMBConv, size: int, *, title: str | None = No
 
 
 def plot_network(model: EfficientNetV2 | ModelSpec, image_size: int | None = None, *,
-                 ax: Axes | None = None) -> Figure:
+                 ax: Axes | None = None, slots: int | None = None) -> Figure:
     """Stem, stages and head from the stage table: a row per stage, a square per block.
 
     image_size (default: the spec's evaluation size) sets the map sizes written beside each stage.
+    slots (default: the longest stage's number of blocks) is how many block positions the x axis
+    holds; give several networks the same value to draw their blocks at one scale (`plot_family`).
     """
     spec = model.spec if isinstance(model, EfficientNetV2) else model
     if not isinstance(spec, ModelSpec):
@@ -122,6 +128,7 @@ def plot_network(model: EfficientNetV2 | ModelSpec, image_size: int | None = Non
     size = check_int("image_size", image_size if image_size is not None else spec.eval_size, 1)
     rows = len(spec.stages) + 2
     longest = max(s.num_layers for s in spec.stages)
+    slots = check_int("slots", slots if slots is not None else longest, longest)
     if ax is None:
         _, ax = plt.subplots(figsize=(12, 0.55 * rows + 1.2), layout="constrained")
     side = size // spec.stem_stride
@@ -145,12 +152,48 @@ def plot_network(model: EfficientNetV2 | ModelSpec, image_size: int | None = Non
     y -= 1
     ax.add_patch(Rectangle((0, y - 0.35), 1, 0.7, facecolor=BLOCK_COLORS["head"], edgecolor="0.3", gid=STAGE_GID))
     row(y, "head", f"1x1 conv ->{spec.head_channels}, pool, dropout {spec.dropout:g}, linear")
-    ax.set_xlim(-2.2, longest + 14)
+    # the blocks take the left 60 % of the width, the text column the rest, whatever the scale
+    ax.set_xlim(-2.2, -2.2 + (slots + 2.7) / 0.6)
     ax.set_ylim(-0.7, rows - 0.3)
     ax.axis("off")
     ax.set_title(f"{spec.name}: {len(spec.stages)} stages, {spec.num_blocks} blocks, output stride "
                  f"{spec.output_stride}, maps at {size} px input (orange: Fused-MBConv, blue: MBConv)")
     return ax.figure
+
+
+def plot_family(models: Mapping[str, EfficientNetV2 | ModelSpec] | Sequence[EfficientNetV2 | ModelSpec],
+                image_size: int | None = None) -> Figure:
+    """Several networks' stage diagrams (`plot_network`) stacked, one block drawn the same size in all.
+
+    The common scale shows non-uniform scaling (paper Section 3.3): V2-M, L and XL grow mostly by
+    adding blocks to the later stages. models: a {label: network or spec} dict (the label heads its
+    panel) or a list (each panel headed by the spec's name). image_size: the input the map sizes are
+    given for, the same for all (e.g. 32 to set V2-S beside the CIFAR variant), or None for each
+    network's own evaluation size.
+    """
+    if isinstance(models, Mapping):
+        labelled = [(str(label), model) for label, model in models.items()]
+    elif isinstance(models, Sequence) and not isinstance(models, str):
+        labelled = [(None, model) for model in models]
+    else:
+        raise TypeError(f"models must be a dict or list of networks or specs, got {type(models).__name__}")
+    if not labelled:
+        raise ValueError("models must hold at least one network or spec, got none")
+    specs = []
+    for label, model in labelled:
+        spec = model.spec if isinstance(model, EfficientNetV2) else model
+        if not isinstance(spec, ModelSpec):
+            raise TypeError(f"each model must be an EfficientNetV2 or a ModelSpec, got {type(model).__name__}")
+        specs.append((label, spec))
+    slots = max(stage.num_layers for _, spec in specs for stage in spec.stages)
+    heights = [len(spec.stages) + 2 for _, spec in specs]
+    fig, axes = plt.subplots(len(specs), 1, figsize=(13, 0.36 * sum(heights) + 0.8 * len(specs)),
+                             height_ratios=heights, layout="constrained", squeeze=False)
+    for ax, (label, spec) in zip(axes[:, 0], specs, strict=True):
+        plot_network(spec, image_size, ax=ax, slots=slots)
+        if label is not None:
+            ax.set_title(f"{label}: {ax.get_title()}")
+    return fig
 
 
 def plot_stochastic_depth(model: EfficientNetV2, *, ax: Axes | None = None) -> Figure:
@@ -169,7 +212,7 @@ def plot_stochastic_depth(model: EfficientNetV2, *, ax: Axes | None = None) -> F
             else:  # nothing to drop: the branch is the whole output
                 ax.bar(index, 0.004, color="white", edgecolor=color, hatch="///", gid=BLOCK_GID)
             index += 1
-        ax.text(index - len(stage) / 2 - 0.5, -0.02, f"stage {i + 1}", ha="center", va="top", fontsize=8)
+        ax.text(index - len(stage) / 2 - 0.5, -0.02, f"stage {i + 1}", ha="center", va="top", fontsize=9)
     ax.set(xlabel="block (network order)", ylabel="drop probability p",
            title=f"{model.name}: stochastic depth per block (hatched: no residual, never dropped)")
     ax.set_xlim(-1, index)

@@ -7,6 +7,7 @@ module works under Agg (tests, scripts) as well as inline in notebooks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from typing import Any
@@ -16,18 +17,23 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from ._checks import check_int, check_real
 from .schedule import ProgressiveSchedule
 
-__all__ = ["plot_schedule", "plot_image_grid", "plot_history", "plot_time_to_accuracy", "plot_confusion_matrix"]
+__all__ = ["plot_schedule", "plot_image_grid", "plot_history", "plot_time_to_accuracy", "plot_confusion_matrix",
+           "plot_mixup_lambda", "plot_block_probabilities", "plot_dropped_features",
+           "plot_accuracy_and_size", "plot_class_examples", "plot_grouped_bars", "plot_drop_statistics"]
 
 STAGE_BOUNDARY_GID = "stage-boundary"  # gid of the vertical lines between stages
+NO_MIXUP_GID = "no-mixup"  # gid of the note in a Mixup panel that has nothing to draw
 
 # One panel per quantity of a Stage: attribute, title, y label (with units).
 _SCHEDULE_PANELS = (
-    ("image_size", "Image size $S_i$", "training image size (px)"),
-    ("dropout", r"Dropout $\gamma_i$", "dropout rate"),
-    ("randaug_magnitude", r"RandAugment $\epsilon_i$", "magnitude (TF RandAugment level)"),
-    ("mixup_alpha", r"Mixup $\lambda_i$", r"Mixup $\alpha$ of Beta($\alpha$, $\alpha$)"),
+    ("image_size", "Image size $S_i$", "size (px)"),
+    ("dropout", r"Dropout rate $\gamma_i$", "rate"),
+    ("randaug_magnitude", r"RandAugment magnitude $\epsilon_i$", "level"),
+    # The paper writes the Mixup strength as lambda; what a stage sets is alpha of Beta(alpha, alpha).
+    ("mixup_alpha", r"Mixup $\alpha_i$", r"$\alpha$ of Beta($\alpha$, $\alpha$)"),
 )
 
 
@@ -84,11 +90,15 @@ def plot_schedule(schedules: ProgressiveSchedule | Mapping[str, ProgressiveSched
         if any(cutmix):  # the automl rule's CutMix, on the Mixup panel (its alpha ramps the same way)
             axes[-1].plot(edges, cutmix + cutmix[-1:], drawstyle="steps-post", color=color, linewidth=1.5,
                           linestyle="--", label=f"{label}: CutMix $\\alpha$")
-            axes[-1].legend(fontsize="small")
+            axes[-1].legend(fontsize=9)
     for ax, (_, title, ylabel) in zip(axes, _SCHEDULE_PANELS, strict=True):
         ax.set(title=title, xlabel="epoch", ylabel=ylabel)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
+    if not any(s.mixup_alpha or s.cutmix_alpha for schedule in named.values() for s in schedule.stages):
+        axes[-1].text(0.5, 0.5, "no Mixup in\nthis schedule" if len(named) == 1 else "no Mixup in\nthese schedules",
+                      transform=axes[-1].transAxes, ha="center", va="center", fontsize=11, color="0.4",
+                      gid=NO_MIXUP_GID)
+    axes[0].legend(fontsize=9)
     return fig
 
 
@@ -137,7 +147,7 @@ def plot_image_grid(images_by_stage: Mapping[str, Any], *, axes: Sequence[Axes] 
                           interpolation="nearest")
             else:
                 ax.axis("off")
-        grid[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize="small")
+        grid[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)  # legible when projected
     return fig
 
 
@@ -190,7 +200,7 @@ def plot_history(history: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Ma
     for ax in axes:
         ax.grid(alpha=0.3)
     for ax in (ax_loss, ax_acc):
-        ax.legend(fontsize="small")
+        ax.legend(fontsize=9)
     return fig
 
 
@@ -223,7 +233,7 @@ def plot_time_to_accuracy(runs: Mapping[str, Sequence[Mapping[str, Any]]], *, ta
         ax.axhline(100 * target, color="0.4", linewidth=0.8, linestyle="--")
     ax.set(xlabel=time_label, ylabel="test accuracy (%)", title="Test accuracy against training time")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize=9, loc="lower right")
     return fig
 
 
@@ -259,7 +269,306 @@ def plot_confusion_matrix(matrix: Any, class_names: Sequence[str], *, normalize:
             for p in range(num_classes):
                 value = matrix[t, p]
                 ax.text(p, t, f"{value:.2f}" if normalize else f"{value:.0f}", ha="center",
-                        va="center", fontsize="x-small",
+                        va="center", fontsize=9 if num_classes <= 12 else "x-small",
                         color="white" if value > threshold else "black")
     ax.set(title=title, xlabel="predicted class", ylabel="true class")
+    return fig
+
+
+# Figures of notebooks 00-02: the paper's comparisons, CIFAR examples, costs, stochastic depth.
+
+def plot_accuracy_and_size(models: Mapping[str, tuple[float, float]], *, highlight: str | None = None,
+                           title: str = "ImageNet top-1 accuracy and size", ax: Axes | None = None) -> Figure:
+    """One bar per model, as tall as its parameter count, labelled with its top-1 accuracy.
+
+    The comparison of the paper's Figure 1(b) (Tan & Le 2021): models of similar accuracy set side
+    by side by size. models maps a label to (top-1 accuracy in %, parameters in millions); the bar
+    of `highlight` (one of the labels) is drawn in colour, the others in grey.
+    """
+    if not isinstance(models, Mapping) or not models:
+        raise TypeError(f"models must be a non-empty dict {{label: (accuracy %, parameters M)}}, "
+                        f"got {type(models).__name__}")
+    for label, pair in models.items():
+        if not isinstance(pair, Sequence) or len(pair) != 2:
+            raise TypeError(f"models[{label!r}] must be a pair (accuracy %, parameters M), got {pair!r}")
+        check_real(f"accuracy of {label!r} (%)", pair[0], 0.0, 100.0)
+        check_real(f"parameters of {label!r} (millions)", pair[1], 0.0, allowed="a finite number > 0")
+        if pair[1] <= 0:
+            raise ValueError(f"parameters of {label!r} (millions) must be > 0, got {pair[1]!r}")
+    if highlight is not None and highlight not in models:
+        raise ValueError(f"highlight must be one of the labels {list(models)}, got {highlight!r}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(5.0, 1.8 * len(models)), 3.6), layout="constrained")
+    labels = list(models)
+    params = [models[label][1] for label in labels]
+    colors = ["tab:green" if label == highlight else "0.6" for label in labels]
+    bars = ax.bar(labels, params, color=colors)
+    for bar, label in zip(bars, labels, strict=True):
+        ax.annotate(f"{models[label][0]:.1f} % top-1", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", xytext=(0, 3), textcoords="offset points", fontsize=10)
+    ax.set_ylim(0, max(params) * 1.2)  # room for the labels above the tallest bar
+    ax.set(ylabel="parameters (millions)", title=title)
+    return ax.figure
+
+
+def plot_class_examples(images: Any, labels: Any, class_names: Sequence[str], *, per_class: int = 2,
+                        title: str | None = None) -> Figure:
+    """The first `per_class` images of every class, one column per class headed by its name.
+
+    images: uint8 [N, 3, H, W] tensor or array (float in [0, 1] also accepted), drawn without
+    interpolation at their true pixels; labels: [N] class indices into class_names. A class with
+    fewer than `per_class` images leaves its remaining cells empty.
+    """
+    per_class = check_int("per_class", per_class, 1)
+    if isinstance(class_names, str) or not isinstance(class_names, Sequence) or not class_names:
+        raise TypeError(f"class_names must be a non-empty list of names, got {type(class_names).__name__}")
+    pictures = _to_hwc_images(images, "images")
+    if hasattr(labels, "detach"):
+        labels = labels.detach().cpu().numpy()
+    labels = np.asarray(labels)
+    if labels.shape != (len(pictures),):
+        raise ValueError(f"labels must have one entry per image, shape [{len(pictures)}], got {list(labels.shape)}")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise ValueError(f"labels must lie in [0, {len(class_names) - 1}] (one per class name), "
+                         f"got values from {labels.min()} to {labels.max()}")
+    fig, grid = plt.subplots(per_class, len(class_names), squeeze=False, layout="constrained",
+                             figsize=(1.2 * len(class_names), 1.25 * per_class + 0.5))
+    for c, name in enumerate(class_names):
+        rows = np.flatnonzero(labels == c)[:per_class]
+        grid[0, c].set_title(name, fontsize=9)
+        for r in range(per_class):
+            ax = grid[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r < len(rows):
+                ax.imshow(pictures[rows[r]], interpolation="nearest")
+            else:
+                ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_grouped_bars(series: Mapping[str, Mapping[str, float]] | Mapping[str, float], *, ylabel: str,
+                      title: str = "", value_format: str | None = "{:,.1f}", ax: Axes | None = None) -> Figure:
+    """Bars grouped by category, one bar per series in each group, each labelled with its value.
+
+    For setting measured figures beside published ones (e.g. parameters: ours vs paper Table 7).
+    series maps a series label (the legend entry) to {category: value}; the categories (x axis)
+    come in order of first appearance, and a series without a value for a category leaves its slot
+    empty. A plain {category: value} dict is one series: each category then gets its own colour and
+    there is no legend. value_format formats the number written above each bar (None: no numbers).
+    """
+    if not isinstance(series, Mapping) or not series:
+        raise TypeError(f"series must be a non-empty dict {{label: {{category: value}}}}, got {type(series).__name__}")
+    if not any(isinstance(values, Mapping) for values in series.values()):
+        series = {"": series}  # one unnamed series of {category: value}
+    categories: list[str] = []
+    for label, values in series.items():
+        if not isinstance(values, Mapping) or not values:
+            raise TypeError(f"series[{label!r}] must be a non-empty dict {{category: value}}, "
+                            f"got {type(values).__name__}")
+        for category, value in values.items():
+            check_real(f"series[{label!r}][{category!r}]", value)
+            if category not in categories:
+                categories.append(category)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(categories) * len(series) + 1.5), 3.6),
+                             layout="constrained")
+    width = 0.8 / len(series)
+    for k, (label, values) in enumerate(series.items()):
+        offset = (k - (len(series) - 1) / 2) * width
+        xs = [categories.index(c) + offset for c in values]
+        colors = [f"C{categories.index(c)}" for c in values] if len(series) == 1 else f"C{k}"
+        bars = ax.bar(xs, list(values.values()), width, color=colors, label=label)
+        if value_format is not None:
+            ax.bar_label(bars, labels=[value_format.format(v) for v in values.values()], padding=2, fontsize=9)
+    ax.set_xticks(range(len(categories)), categories)
+    top = max(value for values in series.values() for value in values.values())
+    if top > 0:  # room above the tallest bar for its number and, with several series, the legend
+        ax.set_ylim(top=top * (1.45 if len(series) > 1 else 1.15))
+    ax.set(ylabel=ylabel, title=title)
+    if len(series) > 1:
+        ax.legend(fontsize=9, loc="upper left")
+    return ax.figure
+
+
+def plot_drop_statistics(probabilities: Sequence[float], fractions: Sequence[float], means: Sequence[float],
+                         n_samples: int, *, axes: Sequence[Axes] | None = None) -> Figure:
+    """Stochastic depth ("row" mode, Huang et al. 2016) measured against its expectation: two panels.
+
+    For each drop probability p: the measured fraction of samples whose branch was dropped, beside
+    the expected line y = p; and the mean output for an all-ones branch, beside its expected value
+    1 with a band of +-2 standard errors, sqrt(p / ((1 - p) n)) for n samples per point.
+    axes: two Axes, or None for a new 1 x 2 figure.
+    """
+    n_samples = check_int("n_samples", n_samples, 1)
+    p = [check_real("each probability", v, 0.0, 1.0, allowed="a number in [0, 1)") for v in probabilities]
+    if not p or max(p) >= 1.0:
+        raise ValueError(f"probabilities must be a non-empty list of numbers in [0, 1), got {list(probabilities)}")
+    for name, measured in (("fractions", fractions), ("means", means)):
+        if len(measured) != len(p):
+            raise ValueError(f"{name} must hold one value per probability ({len(p)}), got {len(measured)}")
+    fig, (ax_drop, ax_mean) = _axes_or_new(axes, 2, panel_size=(5.0, 3.6))
+    ax_drop.plot(p, list(fractions), "o-", label="measured")
+    ax_drop.plot(p, p, "--", color="0.5", label="expected: p")
+    ax_drop.set(title=f"Samples dropped ({n_samples:,} per point)", xlabel="drop probability p",
+                ylabel="fraction of samples dropped")
+    error = [(v / ((1 - v) * n_samples)) ** 0.5 for v in p]
+    ax_mean.fill_between(p, [1 - 2 * e for e in error], [1 + 2 * e for e in error], color="0.88",
+                         label="±2 standard errors")
+    ax_mean.plot(p, list(means), "o-", label="measured")
+    ax_mean.axhline(1.0, ls="--", color="0.5", label="expected: 1")
+    ax_mean.set(title="Mean output (input all ones)", xlabel="drop probability p", ylabel="mean of output")
+    ax_mean.set_ylim(min(0.9, min(means) - 0.02), max(1.1, max(means) + 0.02))
+    for ax in (ax_drop, ax_mean):
+        ax.legend(fontsize=9)
+    return fig
+
+
+# Figures of notebook 05: the Mixup ratio, stochastic depth per block, dropout on features.
+
+NO_RESIDUAL_GID = "no-residual"  # gid of the bands that mark blocks without a residual
+_SERIES_MARKERS = ("o", "x", "s", "^", "D", "v")
+
+
+def _samples_1d(values: Any, what: str) -> np.ndarray:
+    """A tensor, array or sequence of numbers -> a non-empty 1-D float64 array."""
+    if hasattr(values, "detach"):  # a torch tensor, possibly on a GPU
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{what} must be a non-empty 1-D sequence of numbers, got shape {list(array.shape)}")
+    return array
+
+
+def _folded_beta_density(alpha: float, x: np.ndarray) -> np.ndarray:
+    """Density of max(lambda, 1 - lambda) for lambda ~ Beta(alpha, alpha), on [0.5, 1): twice Beta's."""
+    log_beta = 2 * math.lgamma(alpha) - math.lgamma(2 * alpha)  # log B(alpha, alpha)
+    return 2 * np.exp((alpha - 1) * (np.log(x) + np.log1p(-x)) - log_beta)
+
+
+def plot_mixup_lambda(folded_by_alpha: Mapping[float, Any], *, bins: int = 40,
+                      axes: Sequence[Axes] | None = None) -> Figure:
+    """The folded Mixup ratio max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha): one panel per alpha.
+
+    Mixup (Zhang et al. 2018) draws lambda from Beta(alpha, alpha); the official EfficientNetV2 code
+    folds it so that every sample keeps the larger share of itself. folded_by_alpha maps each
+    alpha > 0 to samples of the folded ratio (1-D, values in [0.5, 1]). Each panel draws the
+    samples' density histogram and, as a line, the exact folded density (twice the Beta density on
+    [0.5, 1]), titled with alpha and the sample mean. The panels share the x axis, not the y axis:
+    a small alpha piles its mass next to 1. axes: one Axes per alpha, or None for a new 1 x K figure.
+    """
+    if not isinstance(folded_by_alpha, Mapping) or not folded_by_alpha:
+        raise TypeError(f"folded_by_alpha must be a non-empty dict {{alpha: samples}}, "
+                        f"got {type(folded_by_alpha).__name__}")
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be a positive int, got {bins!r}")
+    samples = {}
+    for alpha, values in folded_by_alpha.items():
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+            raise ValueError(f"every alpha must be a number > 0 (alpha = 0 is no Mixup: lambda = 1), got {alpha!r}")
+        array = _samples_1d(values, f"the samples for alpha = {alpha:g}")
+        if not np.all((array >= 0.5) & (array <= 1.0)):
+            raise ValueError(f"folded ratios lie in [0.5, 1]; the samples for alpha = {alpha:g} span "
+                             f"[{array.min():.3g}, {array.max():.3g}]")
+        samples[float(alpha)] = array
+    fig, axes = _axes_or_new(axes, len(samples), panel_size=(3.2, 3.0))
+    edges = np.linspace(0.5, 1.0, bins + 1)
+    grid = np.linspace(0.5, 1.0 - (edges[1] - edges[0]) / 4, 300)  # the density diverges at 1 for alpha < 1
+    for k, (ax, (alpha, array)) in enumerate(zip(axes, samples.items(), strict=True)):
+        color = f"C{k}"
+        heights, _, _ = ax.hist(array, bins=edges, density=True, color=color, alpha=0.45,
+                                label=f"{array.size:,} draws")
+        ax.plot(grid, _folded_beta_density(alpha, grid), color=color, linewidth=2, label="exact density")
+        ax.set(title=rf"$\alpha$ = {alpha:g}: mean $\lambda$ = {array.mean():.3f}", xlim=(0.5, 1.0),
+               xlabel=r"own share $\max(\lambda, 1-\lambda)$", ylabel="density" if k == 0 else None)
+        ax.set_ylim(0, 1.35 * heights.max())  # headroom for the legend
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9, loc="upper left")
+    return fig
+
+
+def plot_block_probabilities(series: Mapping[str, Sequence[float | None]], *, ylabel: str = "probability",
+                             title: str | None = None, ax: Axes | None = None) -> Figure:
+    """One marker per block for a per-block probability, such as stochastic depth's (Huang et al. 2016).
+
+    EfficientNetV2 drops block i's residual branch with probability p_i = 0.2 i / n (Tan & Le 2021,
+    official code); a block without a residual (stride or width changes) has no branch to drop, so
+    it has no p_i. series maps a label to one value in [0, 1] per block in network order, None or
+    NaN for a block without a residual; every series must leave out the same blocks. Each series is
+    drawn as markers only, never joined by a line (a line would run through the blocks that have
+    no value); each block without a residual gets a grey band (gid NO_RESIDUAL_GID), named once in
+    the legend.
+    """
+    if not isinstance(series, Mapping) or not series:
+        raise TypeError(f"series must be a non-empty dict {{label: values}}, got {type(series).__name__}")
+    arrays = {}
+    for label, values in series.items():
+        values = [np.nan if v is None else v for v in values]
+        arrays[label] = _samples_1d(values, f"series {label!r}")
+    first_label, first = next(iter(arrays.items()))
+    missing = np.isnan(first)
+    for label, array in arrays.items():
+        if array.shape != first.shape:
+            raise ValueError(f"every series needs one value per block: {label!r} has {array.size}, "
+                             f"{first_label!r} has {first.size}")
+        if not np.array_equal(np.isnan(array), missing):
+            raise ValueError(f"series {label!r} and {first_label!r} disagree on which blocks have no residual "
+                             "(None or NaN)")
+        if np.any((array[~missing] < 0) | (array[~missing] > 1)):
+            raise ValueError(f"series {label!r} holds values outside [0, 1]")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(6.0, 0.2 * first.size + 2), 3.4), layout="constrained")
+    blocks = np.arange(first.size)
+    for n, i in enumerate(blocks[missing]):
+        ax.axvspan(i - 0.4, i + 0.4, color="0.85", gid=NO_RESIDUAL_GID,
+                   label="no residual: nothing to drop" if n == 0 else None)
+    for k, (label, array) in enumerate(arrays.items()):
+        marker = _SERIES_MARKERS[k % len(_SERIES_MARKERS)]
+        ax.plot(blocks[~missing], array[~missing], linestyle="none", marker=marker, color=f"C{k}", label=label)
+    ax.set(xlabel="block index i (network order)", ylabel=ylabel, xlim=(-1, first.size))
+    if title is not None:
+        ax.set_title(title)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # block indices are whole numbers
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    return ax.figure
+
+
+def plot_dropped_features(features_by_rate: Mapping[float, Any], shape: tuple[int, int], *,
+                          axes: Sequence[Axes] | None = None) -> Figure:
+    """Feature vectors after dropout (Srivastava et al. 2014) drawn as pictures, zeroed entries white.
+
+    features_by_rate maps a dropout rate gamma in [0, 1) to one feature vector after dropout at that
+    rate (e.g. the 1280 pooled head features that EfficientNetV2's classifier drops), drawn as an
+    image of `shape` (rows, columns; rows * columns = its length). Entries that are exactly zero are
+    masked and drawn white; the panels share one colour scale and a colorbar, so the survivors'
+    scaling by 1 / (1 - gamma) shows as brighter colours. Each title gives the rate and the fraction
+    zeroed. axes: one Axes per rate, or None for a new 1 x K figure.
+    """
+    if not isinstance(features_by_rate, Mapping) or not features_by_rate:
+        raise TypeError(f"features_by_rate must be a non-empty dict {{rate: features}}, "
+                        f"got {type(features_by_rate).__name__}")
+    if (not isinstance(shape, tuple) or len(shape) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+        raise ValueError(f"shape must be (rows, columns) of positive ints, got {shape!r}")
+    pictures = {}
+    for rate, values in features_by_rate.items():
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise ValueError(f"every dropout rate must lie in [0, 1), got {rate!r}")
+        array = _samples_1d(values, f"the features at rate {rate:g}")
+        if array.size != shape[0] * shape[1]:
+            raise ValueError(f"shape {shape} holds {shape[0] * shape[1]} values, the features at rate "
+                             f"{rate:g} have {array.size}")
+        pictures[float(rate)] = np.ma.masked_equal(array.reshape(shape), 0.0)
+    fig, axes = _axes_or_new(axes, len(pictures), panel_size=(2.6, 2.6 * shape[0] / shape[1] + 0.6))
+    low = min((float(p.min()) for p in pictures.values() if p.count()), default=0.0)
+    high = max((float(p.max()) for p in pictures.values() if p.count()), default=1.0)
+    colormap = plt.get_cmap("viridis").with_extremes(bad="white")  # masked (zeroed) entries
+    for ax, (rate, picture) in zip(axes, pictures.items(), strict=True):
+        image = ax.imshow(picture, cmap=colormap, vmin=low, vmax=high, interpolation="nearest")
+        zeroed = 1 - picture.count() / picture.size
+        ax.set(title=rf"$\gamma$ = {rate:.3g}: {zeroed:.0%} zeroed", xticks=[], yticks=[])
+    fig.colorbar(image, ax=axes, shrink=0.8, label="feature value")
     return fig

@@ -4,7 +4,7 @@ import pytest
 
 from effv2_lib import MODEL_SPECS, efficientnetv2_cifar, efficientnetv2_s, scale_spec
 from effv2_lib.blocks import FusedMBConv, MBConv
-from effv2_lib.diagrams import BLOCK_GID, describe_layers, plot_block, plot_network, plot_stochastic_depth
+from effv2_lib.diagrams import BLOCK_GID, describe_layers, plot_block, plot_family, plot_network, plot_stochastic_depth
 
 pytestmark = pytest.mark.usefixtures("close_figures")
 
@@ -60,3 +60,34 @@ def test_stochastic_depth_bars_are_the_networks_own_probabilities():
             assert bar.get_height() == pytest.approx(block.stochastic_depth.p)
         else:
             assert bar.get_hatch() == "///"  # never dropped: no sawtooth through a missing residual
+
+
+def test_the_family_figure_draws_every_block_of_every_network_at_one_scale():
+    keys = ["s", "m", "l", "xl"]
+    fig = plot_family([MODEL_SPECS[k] for k in keys])
+    assert len(fig.axes) == 4
+    for ax, key in zip(fig.axes, keys, strict=True):
+        blocks = [p for p in ax.patches if p.get_gid() == BLOCK_GID]
+        assert len(blocks) == MODEL_SPECS[key].num_blocks  # 40, 57, 79, 100
+        assert MODEL_SPECS[key].name in ax.get_title()
+    assert len({ax.get_xlim() for ax in fig.axes}) == 1  # one square is the same width in every panel
+    assert len({round(p.get_width(), 9) for ax in fig.axes for p in ax.patches if p.get_gid() == BLOCK_GID}) == 1
+
+
+def test_the_family_figure_labels_its_panels_and_shares_one_input_size():
+    fig = plot_family({"ImageNet shape": efficientnetv2_s(), "CIFAR variant": MODEL_SPECS["cifar"]}, 32)
+    top, bottom = fig.axes
+    assert top.get_title().startswith("ImageNet shape: ") and bottom.get_title().startswith("CIFAR variant: ")
+    assert "map 1 x 1" in "\n".join(t.get_text() for t in top.texts)  # V2-S at 32 px: stage 6
+    assert "map 4 x 4" in "\n".join(t.get_text() for t in bottom.texts)  # output stride 8
+    with pytest.raises(TypeError):
+        plot_family([MODEL_SPECS["s"], "m"])
+    with pytest.raises(ValueError):
+        plot_family([])
+
+
+def test_network_slots_cannot_cut_off_a_stage():
+    assert plot_network(MODEL_SPECS["s"], slots=32).axes[0].get_xlim() == \
+        plot_network(MODEL_SPECS["xl"]).axes[0].get_xlim()
+    with pytest.raises(ValueError, match="slots"):
+        plot_network(MODEL_SPECS["s"], slots=14)  # stage 6 has 15 blocks

@@ -6,10 +6,19 @@ import pytest
 import torch
 
 from effv2_lib.plots import (
+    NO_MIXUP_GID,
+    NO_RESIDUAL_GID,
     STAGE_BOUNDARY_GID,
+    plot_accuracy_and_size,
+    plot_block_probabilities,
+    plot_class_examples,
     plot_confusion_matrix,
+    plot_drop_statistics,
+    plot_dropped_features,
+    plot_grouped_bars,
     plot_history,
     plot_image_grid,
+    plot_mixup_lambda,
     plot_schedule,
     plot_time_to_accuracy,
 )
@@ -60,6 +69,19 @@ def test_schedule_plot_adds_cutmix_to_the_mixup_panel_when_a_schedule_has_it():
     mixup, cutmix = mixup_panel[1], mixup_panel[2]
     assert cutmix.get_linestyle() == "--" and list(cutmix.get_ydata()) == list(mixup.get_ydata())
     assert all(len(curves(ax)) == 2 for ax in fig.axes[:3])
+
+
+def test_the_mixup_panel_names_alpha_and_says_when_it_is_empty():
+    def notes(fig):
+        return [t.get_text() for t in fig.axes[3].texts if t.get_gid() == NO_MIXUP_GID]
+
+    fig = plot_schedule(ProgressiveSchedule.from_preset("paper-s"))  # V2-S: no Mixup at any stage
+    assert notes(fig) == ["no Mixup in\nthis schedule"]
+    assert "alpha" in fig.axes[3].get_title() and "lambda" not in fig.axes[3].get_title()
+    assert notes(plot_schedule({"paper-s": ProgressiveSchedule.from_preset("paper-s"),
+                                "automl-s": ProgressiveSchedule.from_preset("automl-s")})) == [
+        "no Mixup in\nthese schedules"]
+    assert notes(plot_schedule(ProgressiveSchedule.from_preset("paper-m"))) == []
 
 
 def test_single_stage_schedule_has_no_boundaries():
@@ -153,3 +175,184 @@ def test_confusion_matrix_is_row_normalized_and_labelled():
     assert "0.80" in [t.get_text() for t in ax.texts]
     with pytest.raises(ValueError, match="len\\(class_names\\) = 2"):
         plot_confusion_matrix(matrix, ["cat", "dog"])
+
+
+def folded_samples(alpha, count=2_000):
+    lam = torch.distributions.Beta(torch.tensor(alpha), torch.tensor(alpha)).sample((count,))  # [count]
+    return torch.maximum(lam, 1 - lam)  # the folded Mixup ratio, in [0.5, 1]
+
+
+def test_mixup_lambda_plot_draws_one_histogram_and_density_per_alpha():
+    torch.manual_seed(0)
+    alphas = [0.1, 0.2, 0.4, 1.0]
+    samples = {alpha: folded_samples(alpha) for alpha in alphas}
+    fig = plot_mixup_lambda(samples, bins=20)
+    assert len(fig.axes) == len(alphas)
+    for ax, alpha in zip(fig.axes, alphas, strict=True):
+        assert len(ax.containers) == 1 and len(ax.containers[0]) == 20  # one histogram, its bins
+        assert len(ax.get_lines()) == 1  # the exact density
+        assert f"= {alpha:g}:" in ax.get_title()
+        assert f"{samples[alpha].mean().item():.3f}" in ax.get_title()
+        heights = np.array([bar.get_height() for bar in ax.containers[0]])
+        assert np.sum(heights) * 0.5 / 20 == pytest.approx(1.0)  # a density on [0.5, 1]
+    # alpha = 1 is uniform: the folded density is 2 everywhere
+    np.testing.assert_allclose(fig.axes[-1].get_lines()[0].get_ydata(), 2.0)
+    # small alpha: the last bin holds the most mass
+    last = [ax.containers[0][-1].get_height() for ax in fig.axes]
+    assert last == sorted(last, reverse=True)
+
+
+def test_mixup_lambda_plot_rejects_bad_input():
+    good = folded_samples(0.2)
+    with pytest.raises(ValueError, match="alpha = 0 is no Mixup"):
+        plot_mixup_lambda({0.0: good})
+    with pytest.raises(ValueError, match=r"\[0.5, 1\]"):
+        plot_mixup_lambda({0.2: 1 - good})  # not folded
+    with pytest.raises(ValueError, match="1-D"):
+        plot_mixup_lambda({0.2: []})
+    with pytest.raises(ValueError, match="bins"):
+        plot_mixup_lambda({0.2: good}, bins=0)
+    with pytest.raises(TypeError):
+        plot_mixup_lambda([good])
+    with pytest.raises(ValueError, match="2 Axes"):
+        plot_mixup_lambda({0.2: good, 0.4: good}, axes=plt.subplots(1, 3)[1])
+
+
+def test_block_probabilities_leave_blocks_without_a_residual_undrawn():
+    p = [0.0, 0.1, None, 0.3, float("nan"), 0.5]
+    measured = [0.01, 0.09, None, 0.31, None, 0.52]
+    fig = plot_block_probabilities({"set": p, "measured": measured}, ylabel="drop probability", title="V2")
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["set", "measured"]
+    for line in lines:
+        assert line.get_linestyle() == "None"  # markers only, never a line through the gaps
+        assert list(line.get_xdata()) == [0, 1, 3, 5]
+    assert list(lines[0].get_ydata()) == [0.0, 0.1, 0.3, 0.5]
+    bands = [patch for patch in ax.patches if patch.get_gid() == NO_RESIDUAL_GID]
+    assert len(bands) == 2  # blocks 2 and 4
+    assert sum(label.startswith("no residual") for label in ax.get_legend_handles_labels()[1]) == 1
+    assert ax.get_title() == "V2" and ax.get_ylabel() == "drop probability"
+
+
+def test_block_probabilities_reject_bad_input():
+    with pytest.raises(ValueError, match="one value per block"):
+        plot_block_probabilities({"a": [0.1, 0.2], "b": [0.1]})
+    with pytest.raises(ValueError, match="disagree"):
+        plot_block_probabilities({"a": [0.1, None], "b": [0.1, 0.2]})
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+        plot_block_probabilities({"a": [0.1, 1.5]})
+    with pytest.raises(TypeError):
+        plot_block_probabilities([0.1, 0.2])
+
+
+def test_dropped_features_mask_the_zeroed_entries():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.rand(12, generator=generator) + 0.1  # [12], no zeros
+    dropped = {rate: features * torch.bernoulli(torch.full((12,), 1 - rate), generator=generator) / (1 - rate)
+               for rate in (0.0, 0.25, 0.5)}
+    fig = plot_dropped_features(dropped, (3, 4))
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert len(panels) == 3 and len(fig.axes) == 4  # three panels and the shared colorbar
+    for ax, (rate, values) in zip(panels, dropped.items(), strict=True):
+        picture = ax.get_images()[0].get_array()
+        assert picture.shape == (3, 4)
+        assert int(np.ma.getmaskarray(picture).sum()) == int((values == 0).sum())
+        assert f"= {rate:.3g}: {(values == 0).float().mean().item():.0%} zeroed" in ax.get_title()
+    limits = {ax.get_images()[0].get_clim() for ax in panels}
+    assert len(limits) == 1  # one colour scale for every rate
+
+
+def test_dropped_features_reject_bad_input():
+    with pytest.raises(ValueError, match="holds 12 values"):
+        plot_dropped_features({0.2: torch.ones(10)}, (3, 4))
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        plot_dropped_features({1.0: torch.ones(12)}, (3, 4))
+    with pytest.raises(ValueError, match="shape"):
+        plot_dropped_features({0.2: torch.ones(12)}, (12,))
+    with pytest.raises(TypeError):
+        plot_dropped_features({}, (3, 4))
+
+
+# Figures of notebooks 00-02: bars, texts and images follow the data given.
+
+def test_accuracy_and_size_draws_one_bar_per_model_labelled_with_its_accuracy():
+    models = {"A": (84.3, 43.0), "B": (84.0, 164.0), "V2": (83.9, 24.0)}
+    ax = plot_accuracy_and_size(models, highlight="V2").axes[0]
+    bars = ax.patches
+    assert [bar.get_height() for bar in bars] == [43.0, 164.0, 24.0]
+    assert [t.get_text() for t in ax.texts] == ["84.3 % top-1", "84.0 % top-1", "83.9 % top-1"]
+    assert bars[0].get_facecolor() == bars[1].get_facecolor() != bars[2].get_facecolor()
+    assert ax.get_ylim()[1] > 164  # the label above the tallest bar stays inside
+    with pytest.raises(ValueError, match="highlight"):
+        plot_accuracy_and_size(models, highlight="C")
+    with pytest.raises(ValueError, match="accuracy"):
+        plot_accuracy_and_size({"A": (184.3, 43.0)})
+    with pytest.raises(ValueError, match="parameters"):
+        plot_accuracy_and_size({"A": (84.3, 0)})
+    with pytest.raises(TypeError):
+        plot_accuracy_and_size([("A", 84.3, 43.0)])
+
+
+def test_class_examples_shows_the_first_images_of_each_class_under_its_name():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8, generator=generator)
+    labels = torch.tensor([1, 0, 1, 0, 2])  # class 2 has a single image
+    fig = plot_class_examples(images, labels, ["cat", "dog", "frog"], per_class=2, title="examples")
+    grid = np.array(fig.axes).reshape(2, 3)
+    assert [ax.get_title() for ax in grid[0]] == ["cat", "dog", "frog"]
+    for column, rows in enumerate([[1, 3], [0, 2], [4]]):
+        for r, index in enumerate(rows):
+            np.testing.assert_array_equal(grid[r, column].get_images()[0].get_array(),
+                                          images[index].permute(1, 2, 0).numpy())
+    assert not grid[1, 2].get_images() and not grid[1, 2].axison  # nothing to show: an empty cell
+    assert fig.get_suptitle() == "examples"
+    with pytest.raises(ValueError, match="one entry per image"):
+        plot_class_examples(images, labels[:4], ["cat", "dog", "frog"])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        plot_class_examples(images, labels, ["cat", "dog"])
+    with pytest.raises(ValueError, match="per_class"):
+        plot_class_examples(images, labels, ["cat", "dog", "frog"], per_class=0)
+
+
+def test_grouped_bars_put_one_bar_per_value_and_write_the_values():
+    series = {"ours": {"S": 21.46, "M": 54.14, "XL": 208.12}, "paper": {"S": 22.0, "M": 54.0}}
+    ax = plot_grouped_bars(series, ylabel="parameters (millions)", title="Parameters").axes[0]
+    assert len(ax.patches) == 5  # the paper has no XL: its slot stays empty
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["S", "M", "XL"]
+    assert [t.get_text() for t in ax.texts] == ["21.5", "54.1", "208.1", "22.0", "54.0"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ours", "paper"]
+    ours_s, paper_s = ax.patches[0], ax.patches[3]
+    assert ours_s.get_x() + ours_s.get_width() == pytest.approx(paper_s.get_x())  # side by side at "S"
+    assert ax.get_ylabel() == "parameters (millions)"
+    single = plot_grouped_bars({"MBConv": 9.5, "Fused-MBConv": 25.3}, ylabel="k", value_format=None).axes[0]
+    assert single.patches[0].get_facecolor() != single.patches[1].get_facecolor()
+    assert single.get_legend() is None and not single.texts
+    with pytest.raises(ValueError):
+        plot_grouped_bars({"ours": {"S": float("nan")}}, ylabel="x")
+    with pytest.raises(TypeError):
+        plot_grouped_bars({"ours": {"S": 21.46}, "paper": [22.0]}, ylabel="x")
+    with pytest.raises(TypeError):
+        plot_grouped_bars({"S": "21.46"}, ylabel="x")
+    with pytest.raises(TypeError):
+        plot_grouped_bars({}, ylabel="x")
+
+
+def test_drop_statistics_set_the_measurements_beside_their_expectation():
+    p, fractions, means = [0.0, 0.2, 0.5], [0.0, 0.21, 0.49], [1.0, 0.99, 1.03]
+    fig = plot_drop_statistics(p, fractions, means, 400)
+    ax_drop, ax_mean = fig.axes
+    measured, expected = ax_drop.get_lines()
+    assert list(measured.get_ydata()) == fractions and list(expected.get_ydata()) == p
+    assert list(ax_mean.get_lines()[0].get_ydata()) == means
+    band = ax_mean.collections[0].get_paths()[0].vertices
+    half_width = 2 * (0.5 / (0.5 * 400)) ** 0.5  # 2 standard errors of the mean at p = 0.5
+    assert band[:, 1].max() == pytest.approx(1 + half_width)
+    assert band[:, 1].min() == pytest.approx(1 - half_width)
+    assert "400" in ax_drop.get_title()
+    with pytest.raises(ValueError, match="one value per probability"):
+        plot_drop_statistics(p, fractions[:2], means, 400)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        plot_drop_statistics([0.0, 1.0], [0.0, 1.0], [1.0, 1.0], 400)
+    with pytest.raises(ValueError, match="2 Axes"):
+        plot_drop_statistics(p, fractions, means, 400, axes=plt.subplots(1, 3)[1])
