@@ -1,12 +1,23 @@
-"""The schedule explorer in a real JupyterLab, driven through headless Chromium.
+"""Both explorers in a real JupyterLab, driven through headless Chromium.
 
-test_widgets.py checks the explorer's logic by setting `.value` in Python; this test checks
-what only a browser can: that the notebook runs in JupyterLab, the widget renders, and a
-slider moved with the keyboard reaches the kernel and comes back as a new stage table.
+test_widgets.py checks the explorers' logic by setting `.value` in Python; these tests check
+what only a browser can: that the notebook runs in JupyterLab, the widgets render, and a
+control moved with the keyboard or the mouse reaches the kernel and comes back as a new
+table, figure or predicted time.
 
-Needs Debian's chromium (``apt-get install chromium``) and the playwright Python package
-(its own browser download is not used). Without them the test is skipped, unless
-EFFV2_REQUIRE_BROWSER=1 (set by .ci/run), where a missing browser is a failure.
+* The schedule explorer, in notebook 04 run from its first cell to its last (quick-check
+  mode): moving the S_e slider changes the stage table, the plot and the predicted training
+  time, and the preset menu says the schedule was edited.
+* The augmentation explorer, in a small notebook the test writes itself (it shows
+  `augmentation_explorer` on six images of the bundled CIFAR-10 sample), so that it does
+  not depend on notebook 05's cells: moving the RandAugment magnitude slider and choosing
+  the other op table each change the image.
+
+One JupyterLab server (on a temporary copy of notebooks/) serves both tests; each opens its
+notebook in a workspace of its own. Needs Debian's chromium (``apt-get install chromium``)
+and the playwright Python package (its own browser download is not used). Without them the
+tests are skipped, unless EFFV2_REQUIRE_BROWSER=1 (set by .ci/run), where a missing browser
+is a failure.
 """
 
 import json
@@ -27,13 +38,29 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
-NOTEBOOK = "04_progressive_learning.ipynb"
+SCHEDULE_NOTEBOOK = "04_progressive_learning.ipynb"
+AUGMENTATION_NOTEBOOK = "browser_test_augmentation_explorer.ipynb"  # written by the fixture
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SERVER_START_S = 90  # JupyterLab's first start on 2 slow cores
 KERNEL_READY_S = 90
-RUN_ALL_S = 240  # notebook 04 in smoke mode, cells run one after another
-UPDATE_S = 30  # one slider change: a comm round trip and a redraw
+RUN_ALL_S = 480  # notebook 04 in quick-check mode, cells run one after another, on a busy machine
+UPDATE_S = 40  # one control change: a comm round trip and a redraw
+
+# The scratch notebook: six images of the bundled sample in the augmentation explorer.
+AUGMENTATION_SOURCE = """\
+import numpy as np
+import torch
+
+from effv2_lib.data import SAMPLE_PATH
+from effv2_lib.widgets import augmentation_explorer
+
+with np.load(str(SAMPLE_PATH)) as sample:
+    images = torch.from_numpy(sample["x_train"][:6]).permute(0, 3, 1, 2).contiguous()  # uint8 [6, 3, 32, 32]
+    labels = sample["y_train"][:6].astype(np.int64).tolist()
+    classes = [str(name) for name in sample["classes"]]
+explorer = augmentation_explorer(images, labels, classes, magnitude=5.0, mixup_alpha=0.2, seed=0)
+explorer"""
 
 
 def _missing(reason: str):
@@ -42,7 +69,7 @@ def _missing(reason: str):
     pytest.skip(reason)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def chromium() -> str:
     """Path of Debian's chromium; skips (or fails, see module docstring) without it or playwright."""
     try:
@@ -65,13 +92,25 @@ def _log_tail(path: Path, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
 
 
-@pytest.fixture
-def jupyter_lab(tmp_path):
-    """A JupyterLab server on a temporary copy of notebooks/, without token; yields its URL."""
+def _write_augmentation_notebook(path: Path) -> None:
+    cell = {"cell_type": "code", "execution_count": None, "id": "augmentation-explorer", "metadata": {},
+            "outputs": [], "source": AUGMENTATION_SOURCE}
+    notebook = {"cells": [cell], "nbformat": 4, "nbformat_minor": 5,
+                "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
+                                            "name": "python3"}}}
+    path.write_text(json.dumps(notebook, indent=1) + "\n")
+
+
+@pytest.fixture(scope="module")
+def jupyter_lab(chromium, tmp_path_factory):
+    """A JupyterLab server on a temporary copy of notebooks/ (plus the scratch notebook), without
+    token; yields (url, server log, temporary folder)."""
+    tmp_path = tmp_path_factory.mktemp("jupyterlab")
     root = tmp_path / "notebooks"
     shutil.copytree(NOTEBOOKS, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    _write_augmentation_notebook(root / AUGMENTATION_NOTEBOOK)
     home = tmp_path / "jupyter"  # config, runtime and settings of this server only
-    env = dict(os.environ, EFFV2_SMOKE="1", JUPYTER_CONFIG_DIR=str(home / "config"),
+    env = dict(os.environ, EFFV2_QUICK="1", JUPYTER_CONFIG_DIR=str(home / "config"),
                JUPYTER_RUNTIME_DIR=str(home / "runtime"), JUPYTER_DATA_DIR=str(home / "data"),
                IPYTHONDIR=str(home / "ipython"),
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -112,7 +151,7 @@ def jupyter_lab(tmp_path):
             if time.monotonic() > deadline:
                 pytest.fail(f"jupyter lab did not answer within {SERVER_START_S} s:\n{_log_tail(log)}")
             time.sleep(0.5)
-        yield url, log
+        yield url, log, tmp_path
     finally:
         # SIGTERM lets the server shut its kernels down; the process group catches stragglers.
         server.terminate()
@@ -161,74 +200,151 @@ RUN_ALL_STATE_JS = """() => {
 
 # The size cell (4th column) of the stage table's last row: S_{M-1} = S_e.
 LAST_STAGE_SIZE_JS = "el => el.querySelector('tbody tr:last-child td:nth-child(4)').innerText.trim()"
+CHANGED_TEXT_JS = "([el, before]) => el.innerText !== before"
+# A new image: another src (each PNG from the kernel becomes a new blob URL), loaded and decoded.
+CHANGED_SRC_JS = ("([el, before]) => !!el.getAttribute('src') && el.getAttribute('src') !== before"
+                  " && el.complete && el.naturalWidth > 0")
+SELECTED_OPTION_JS = "el => el.querySelector('select').selectedOptions[0].text.replace(/\\u00a0/g, ' ')"
 
 
-def test_moving_a_slider_in_jupyterlab_updates_the_stage_table(chromium, jupyter_lab, tmp_path):
+class _Browser:
+    """A headless Chromium page, with a failure that leaves a screenshot and the server log."""
+
+    def __init__(self, playwright, chromium: str, jupyter_lab, name: str) -> None:
+        self.url, self.server_log, folder = jupyter_lab
+        self.screenshot = folder / f"{name}.png"
+        self.browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS,
+                                                  headless=True)
+        self.page = self.browser.new_page(viewport={"width": 1600, "height": 1000})
+        self.step = "open the notebook"
+
+    def fail(self, message: str):
+        self.page.screenshot(path=str(self.screenshot), full_page=True)
+        pytest.fail(f"{message} (while trying to {self.step}); screenshot: {self.screenshot}; "
+                    f"server log: {self.server_log}")
+
+    def run_notebook(self, notebook: str, workspace: str) -> None:
+        """Open `notebook` in a workspace of its own, run every cell, fail on a cell's error."""
+        page = self.page
+        self.step = f"open {notebook}"
+        page.goto(f"{self.url}/lab/workspaces/{workspace}/tree/{notebook}", timeout=KERNEL_READY_S * 1000)
+        self.step = f"start the kernel of {notebook}"
+        page.wait_for_function(KERNEL_IDLE_JS, timeout=KERNEL_READY_S * 1000, polling=500)
+        self.step = f"run all cells of {notebook}"
+        # `void`: the command's promise resolves only when every cell has run.
+        page.evaluate("void window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        state = page.wait_for_function(RUN_ALL_STATE_JS, timeout=RUN_ALL_S * 1000, polling=1000).json_value()
+        if state != "done":
+            self.fail(f"a cell of {notebook} failed: {state}")
+
+    def wait_until_changed(self, script: str, locator, before: str) -> None:
+        self.page.wait_for_function(script, arg=[locator.element_handle(timeout=UPDATE_S * 1000), before],
+                                    timeout=UPDATE_S * 1000, polling=250)
+
+    def close(self) -> None:
+        self.page.screenshot(path=str(self.screenshot), full_page=True)
+        self.browser.close()
+
+
+def test_schedule_explorer_in_jupyterlab_follows_a_slider(chromium, jupyter_lab):
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
-    url, server_log = jupyter_lab
-    screenshot = tmp_path / "jupyterlab.png"
-
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS,
-                                             headless=True)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        step = "open the notebook"
-
-        def fail(message: str):
-            page.screenshot(path=str(screenshot), full_page=True)
-            pytest.fail(f"{message} (while trying to {step}); screenshot: {screenshot}; "
-                        f"server log: {server_log}")
-
+        session = _Browser(playwright, chromium, jupyter_lab, "schedule-explorer")
+        page = session.page
         try:
-            page.goto(f"{url}/lab/tree/{NOTEBOOK}", timeout=KERNEL_READY_S * 1000)
-            step = "start the kernel"
-            page.wait_for_function(KERNEL_IDLE_JS, timeout=KERNEL_READY_S * 1000, polling=500)
+            session.run_notebook(SCHEDULE_NOTEBOOK, "schedule")
 
-            step = "run all cells"
-            # `void`: the command's promise resolves only when every cell has run.
-            page.evaluate("void window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            state = page.wait_for_function(RUN_ALL_STATE_JS, timeout=RUN_ALL_S * 1000,
-                                           polling=1000).json_value()
-            if state != "done":
-                fail(f"a cell of {NOTEBOOK} failed: {state}")
-
-            step = "find the schedule explorer"
+            session.step = "find the schedule explorer"
             explorer = page.locator(".effv2-schedule-explorer").first
             explorer.scroll_into_view_if_needed(timeout=UPDATE_S * 1000)
             table = explorer.locator(".effv2-stage-table")
+            summary = explorer.locator(".effv2-summary")
+            plot = explorer.locator("img.effv2-schedule-plot")
+            preset = explorer.locator(".effv2-preset")
             slider = explorer.locator(".effv2-image-size-end")
             readout = slider.locator(".widget-readout")
             page.wait_for_function("el => el.innerText.includes('stage')",
                                    arg=table.element_handle(timeout=UPDATE_S * 1000),
                                    timeout=UPDATE_S * 1000)
-            table_before, size_before = table.inner_text(), int(readout.inner_text())
-            page.screenshot(path=str(tmp_path / "before.png"))
+            table_before, summary_before = table.inner_text(), summary.inner_text()
+            plot_before, size_before = plot.get_attribute("src"), int(readout.inner_text())
+            preset_before = preset.evaluate(SELECTED_OPTION_JS)
 
-            step = "move the S_e slider with the keyboard"
+            session.step = "move the S_e slider with the keyboard"
             handle = slider.locator(".noUi-handle")
             handle.focus()
             for _ in range(3):
                 handle.press("ArrowLeft")
-            page.wait_for_function("([el, before]) => el.innerText !== before",
-                                   arg=[table.element_handle(), table_before],
-                                   timeout=UPDATE_S * 1000, polling=250)
+            session.wait_until_changed(CHANGED_TEXT_JS, table, table_before)
             # Later presses may still be in flight: wait until the table shows the readout.
             size_after = int(readout.inner_text())
             page.wait_for_function(f"([el, size]) => ({LAST_STAGE_SIZE_JS})(el) === String(size)",
                                    arg=[table.element_handle(), size_after],
                                    timeout=UPDATE_S * 1000, polling=250)
-            table_after = table.inner_text()
+            session.step = "see the plot and the predicted time follow"
+            session.wait_until_changed(CHANGED_SRC_JS, plot, plot_before)
+            session.wait_until_changed(CHANGED_TEXT_JS, summary, summary_before)
+            table_after, summary_after = table.inner_text(), summary.inner_text()
             last_stage_size = int(table.evaluate(LAST_STAGE_SIZE_JS))
+            preset_after = preset.evaluate(SELECTED_OPTION_JS)
         except PlaywrightError as error:
-            fail(f"{type(error).__name__}: {error}")
-        page.screenshot(path=str(screenshot), full_page=True)
-        browser.close()
+            session.fail(f"{type(error).__name__}: {error}")
+        session.close()
 
-    assert size_after < size_before, (
-        f"ArrowLeft on S_e did not lower it ({size_before} -> {size_after}); screenshot: {screenshot}")
-    assert table_after != table_before, f"the stage table did not change; screenshot: {screenshot}"
+    shot = f"screenshot: {session.screenshot}"
+    assert size_after < size_before, f"ArrowLeft on S_e did not lower it ({size_before} -> {size_after}); {shot}"
+    assert table_after != table_before, f"the stage table did not change; {shot}"
     assert last_stage_size == size_after, (
-        f"the last stage should train at S_e = {size_after} px, the table says {last_stage_size}; "
-        f"screenshot: {screenshot}")
+        f"the last stage should train at S_e = {size_after} px, the table says {last_stage_size}; {shot}")
+    for text in (summary_before, summary_after):
+        assert "Predicted training time" in text and "Relative FLOPs" in text, (
+            f"the summary should show the predicted time beside the FLOPs, it says {text!r}; {shot}")
+    assert summary_after != summary_before, f"the predicted time did not change; {shot}"
+    assert (preset_before, preset_after) == ("cifar10", "custom (edited from cifar10)"), (
+        f"the preset menu read {preset_before!r}, then {preset_after!r}; {shot}")
+
+
+def test_augmentation_explorer_in_jupyterlab_follows_its_controls(chromium, jupyter_lab):
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        session = _Browser(playwright, chromium, jupyter_lab, "augmentation-explorer")
+        page = session.page
+        try:
+            session.run_notebook(AUGMENTATION_NOTEBOOK, "augmentation")
+
+            session.step = "find the augmentation explorer"
+            explorer = page.locator(".effv2-augmentation-explorer").first
+            explorer.scroll_into_view_if_needed(timeout=UPDATE_S * 1000)
+            plot = explorer.locator("img.effv2-augmentation-plot")
+            page.wait_for_function("el => !!el.getAttribute('src') && el.complete && el.naturalWidth > 0",
+                                   arg=plot.element_handle(timeout=UPDATE_S * 1000), timeout=UPDATE_S * 1000)
+            slider = explorer.locator(".effv2-magnitude")
+            readout = slider.locator(".widget-readout")
+            plot_start, magnitude_before = plot.get_attribute("src"), float(readout.inner_text())
+
+            session.step = "move the RandAugment magnitude slider with the keyboard"
+            handle = slider.locator(".noUi-handle")
+            handle.focus()
+            for _ in range(2):
+                handle.press("ArrowRight")
+            session.wait_until_changed(CHANGED_SRC_JS, plot, plot_start)
+            magnitude_after = float(readout.inner_text())
+            plot_after_magnitude = plot.get_attribute("src")
+
+            session.step = "choose the automl op table"
+            button = explorer.locator(".effv2-randaug-ops button", has_text="automl")
+            button.click()
+            session.wait_until_changed(CHANGED_SRC_JS, plot, plot_after_magnitude)
+            automl_pressed = "mod-active" in (button.get_attribute("class") or "")
+        except PlaywrightError as error:
+            session.fail(f"{type(error).__name__}: {error}")
+        session.close()
+
+    shot = f"screenshot: {session.screenshot}"
+    assert magnitude_after > magnitude_before, (
+        f"ArrowRight did not raise the magnitude ({magnitude_before} -> {magnitude_after}); {shot}")
+    assert automl_pressed, f"the automl button is not shown as chosen; {shot}"

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from effv2_lib import widgets  # noqa: E402
+from effv2_lib import timing, widgets  # noqa: E402
 from effv2_lib.randaugment import AutomlRandAugment  # noqa: E402
 from effv2_lib.schedule import PRESETS, ProgressiveSchedule  # noqa: E402
 from effv2_lib.widgets import augmentation_explorer, schedule_explorer  # noqa: E402
@@ -49,13 +49,16 @@ def test_starts_at_the_preset_with_every_control_labelled_and_tagged(fast_png):
         assert control.description, name
         assert "effv2-" + name.replace("_", "-") in control._dom_classes
     assert "effv2-stage-table" in explorer.table._dom_classes
+    assert "effv2-summary" in explorer.summary._dom_classes
     assert "effv2-schedule-explorer" in explorer.widget._dom_classes
-    # the table: one header row and M stage rows, the preset's sizes, the compute estimate
+    # the table: one header row and M stage rows, the preset's sizes; the compute estimate below
     assert explorer.table.value.count("<tr>") == 1 + 4
     for size in (128, 185, 243, 300):
         assert f"<td>{size}</td>" in explorer.table.value
     # sum_i n_i (S_i / S_e)^2 / N = (88 (128^2 + 185^2) + 87 (243^2 + 300^2)) / 300^2 / 350
-    assert "55% of 350 epochs at 300 px" in explorer.table.value
+    assert "55% of 350 epochs at 300 px" in explorer.summary.value
+    # without measured images/s there is no time to predict, and no time column
+    assert explorer.predicted_seconds is None and "predicted time" not in explorer.table.value
 
 
 def test_moving_s_e_changes_the_schedule_table_and_plot(fast_png):
@@ -186,10 +189,13 @@ def test_arguments_that_make_no_schedule_raise(fast_png):
     assert schedule_explorer("cifar10", total_epochs=1000).schedule.total_epochs == 1000
 
 
-def test_the_explorer_displays_as_its_widget(fast_png):
+def test_the_explorer_displays_as_its_widget_and_says_what_it_is_as_text(fast_png):
     explorer = schedule_explorer()
     bundle = explorer._repr_mimebundle_()
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == explorer.widget.model_id
+    # what a saved notebook shows where widgets cannot be drawn, instead of "VBox(children=...)"
+    assert bundle["text/plain"] == "Schedule explorer (interactive; run the notebook to use it)"
+    assert explorer.widget._repr_mimebundle_()["text/plain"] == bundle["text/plain"]
 
 
 def test_plot_is_a_png_that_follows_the_schedule():
@@ -201,6 +207,199 @@ def test_plot_is_a_png_that_follows_the_schedule():
     explorer.controls["image_size_end"].value = 40
     assert image_size_axis.get_lines()[0].get_ydata()[-1] == 40
     assert bytes(explorer.plot.value) != png and bytes(explorer.plot.value).startswith(b"\x89PNG")
+
+
+# ------------------------------------------------------------------ slider ranges, ghost, text
+
+@pytest.mark.parametrize("preset, epochs, sizes", [("cifar10", (1, 100), (8, 64)),
+                                                   ("paper-s", (1, 500), (64, 512))])
+def test_slider_ranges_follow_the_chosen_preset(preset, epochs, sizes, fast_png):
+    explorer = schedule_explorer("paper-s" if preset == "cifar10" else "cifar10")
+    explorer.controls["preset"].value = preset
+    c = explorer.controls
+    assert (c["total_epochs"].min, c["total_epochs"].max) == epochs
+    for name in ("image_size_start", "image_size_end"):
+        assert (c[name].min, c[name].max) == sizes
+    assert explorer.schedule == ProgressiveSchedule.from_preset(preset)  # nothing clamped on the way
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_no_preset_handle_sits_at_the_far_left(preset, fast_png):
+    explorer = schedule_explorer(preset)
+    for name in ("total_epochs", "image_size_start", "image_size_end"):
+        control = explorer.controls[name]
+        position = (control.value - control.min) / (control.max - control.min)
+        assert 0.05 <= position <= 1.0, (name, control.value, control.min, control.max)
+        assert (control.value - control.min) % control.step == 0  # reachable by the slider's steps
+
+
+def test_range_helpers_reject_bad_input():
+    assert widgets.epoch_range(40) == (1, 100) and widgets.epoch_range(1000) == (1, 1000)
+    assert widgets.size_range((16, 32)) == (8, 64) and widgets.size_range((128, 300)) == (64, 512)
+    with pytest.raises(ValueError, match="total_epochs"):
+        widgets.epoch_range(0)
+    with pytest.raises(TypeError, match="total_epochs"):
+        widgets.epoch_range(2.5)
+    with pytest.raises(ValueError, match="image_size"):
+        widgets.size_range((4, 32))
+
+
+def _ghost_lines(explorer):
+    return [[line for line in ax.get_lines() if line.get_gid() == widgets.GHOST_GID]
+            for ax in explorer.figure.axes]
+
+
+def test_the_chosen_preset_is_drawn_as_a_ghost_in_every_panel(fast_png):
+    explorer = schedule_explorer("cifar10")
+    explorer.controls["num_stages"].value = 2
+    preset = ProgressiveSchedule.from_preset("cifar10")
+    ghosts = _ghost_lines(explorer)
+    assert [len(lines) for lines in ghosts] == [1, 1, 1, 1]  # one ghost per panel
+    # the ghost keeps the preset's four stages while the edited schedule has two
+    assert list(ghosts[0][0].get_ydata()[:-1]) == [s.image_size for s in preset.stages]
+    schedule_line = explorer.figure.axes[0].get_lines()[0]
+    assert list(schedule_line.get_ydata()[:-1]) == [s.image_size for s in explorer.schedule.stages]
+    assert ghosts[0][0].get_alpha() < 1 and ghosts[0][0].get_linewidth() > schedule_line.get_linewidth()
+    legend = [text.get_text() for text in explorer.figure.axes[0].get_legend().get_texts()]
+    assert legend == ["custom", "preset cifar10"]
+    explorer.controls["preset"].value = "paper-m"  # the ghost follows the chosen preset
+    ghosts = _ghost_lines(explorer)
+    assert list(ghosts[0][0].get_ydata()[:-1]) == [s.image_size for s in ProgressiveSchedule.from_preset(
+        "paper-m").stages]
+    assert "preset paper-m" in [t.get_text() for t in explorer.figure.axes[0].get_legend().get_texts()]
+
+
+def test_every_text_in_the_plot_is_at_least_11_pt(fast_png):
+    from matplotlib.text import Text
+
+    explorer = schedule_explorer("automl-m")  # CutMix adds a second legend in the Mixup panel
+    explorer.figure.draw_without_rendering()  # tick labels are made when drawn
+    texts = [t for t in explorer.figure.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    assert len(texts) > 30  # titles, labels, tick labels, legends
+    assert min(t.get_fontsize() for t in texts) >= 11
+    assert tuple(explorer.figure.get_size_inches()) == widgets.FIGURE_SIZE
+
+
+def test_the_dropdown_says_custom_after_an_edit_and_the_preset_again_when_it_matches(fast_png):
+    explorer = schedule_explorer("cifar10")
+    dropdown = explorer.controls["preset"]
+    assert (dropdown.value, dropdown.label) == ("cifar10", "cifar10")
+    explorer.controls["image_size_end"].value = 40
+    assert (dropdown.value, dropdown.label) == ("custom", "custom (edited from cifar10)")
+    assert explorer.schedule.name == "custom" and explorer.preset == "cifar10"
+    explorer.controls["image_size_end"].value = 32  # back on the preset
+    assert (dropdown.value, explorer.schedule.name) == ("cifar10", "cifar10")
+    explorer.controls["total_epochs"].value = 3  # 3 epochs cannot make 4 stages: an edit too
+    assert explorer.error.value and dropdown.value == "custom"
+    explorer.controls["preset"].value = "paper-s"  # a new preset relabels the custom entry
+    explorer.controls["mixup"].value = (0.0, 0.5)
+    assert (dropdown.value, dropdown.label) == ("custom", "custom (edited from paper-s)")
+    assert [label for label, _ in dropdown.options].count("custom (edited from paper-s)") == 1
+    explorer.controls["mixup"].value = (0.0, 0.0)
+    dropdown.value = "custom"  # chosen by hand while nothing is edited: it shows the preset
+    assert dropdown.value == "paper-s" and explorer.schedule == ProgressiveSchedule.from_preset("paper-s")
+
+
+# ------------------------------------------------------------------ predicted training time
+
+RATES = {16: 1000.0, 20: 700.0, 28: 400.0, 32: 300.0}  # images/s at the cifar10 preset's sizes
+
+
+def test_predicted_seconds_is_the_sum_over_stages_of_epochs_times_images_over_rate():
+    schedule = ProgressiveSchedule.from_preset("cifar10")  # 10 epochs at each of 16, 20, 28, 32 px
+    expected = sum(s.num_epochs * 50_000 / RATES[s.image_size] for s in schedule.stages)
+    assert timing.predicted_seconds(schedule, RATES, 50_000) == pytest.approx(expected, rel=1e-12)
+    assert timing.stage_seconds(schedule, RATES, 50_000) == pytest.approx(
+        [s.num_epochs * 50_000 / RATES[s.image_size] for s in schedule.stages])
+    fixed = ProgressiveSchedule.from_preset("cifar10-fixed")
+    assert timing.predicted_seconds(fixed, RATES, 1_000) == pytest.approx(40 * 1_000 / RATES[32])
+
+
+def test_throughput_is_interpolated_in_log_log_between_measured_sizes():
+    power_law = {size: 3e6 * size ** -1.7 for size in (16, 24, 32)}  # exactly S^-1.7
+    for size in (18, 20, 27, 31.5):  # between measured sizes: on the power law
+        assert timing.throughput_at(size, power_law) == pytest.approx(3e6 * size ** -1.7, rel=1e-12)
+    # two measured points: the geometric mean of the sizes gets the geometric mean of the rates
+    pair = {16: 1000.0, 64: 100.0}
+    assert timing.throughput_at(32, pair) == pytest.approx((1000.0 * 100.0) ** 0.5)
+    # a little outside (up to 1.25x) the nearest pair's power law goes on; further out is refused
+    assert timing.throughput_at(36, power_law) == pytest.approx(3e6 * 36 ** -1.7)
+    assert timing.throughput_at(13, power_law) == pytest.approx(3e6 * 13 ** -1.7)
+    with pytest.raises(ValueError, match="measure images/s at 48 px"):
+        timing.throughput_at(48, power_law)
+    with pytest.raises(ValueError, match="measured at 16-32 px"):
+        timing.throughput_at(8, power_law)
+    with pytest.raises(ValueError, match="measured at 16-32 px"):
+        timing.predicted_seconds(ProgressiveSchedule.from_preset("paper-s"), power_law, 1000)
+    assert timing.throughput_at(48, power_law, max_extrapolation=2.0) == pytest.approx(3e6 * 48 ** -1.7)
+    with pytest.raises(ValueError, match="measured at 32 px"):  # one size: no slope to extend
+        timing.throughput_at(33, {32: 300.0})
+    assert timing.throughput_at(32, {32: 300.0}) == 300.0
+
+
+def test_timing_rejects_bad_input():
+    schedule = ProgressiveSchedule.from_preset("cifar10")
+    with pytest.raises(TypeError, match="images_per_s must be a dict"):
+        timing.predicted_seconds(schedule, [(16, 1000.0)], 50_000)
+    with pytest.raises(ValueError, match="at least one"):
+        timing.throughput_at(16, {})
+    with pytest.raises(ValueError, match=r"images_per_s\[16\]"):
+        timing.throughput_at(16, {16: 0.0, 32: 300.0})
+    with pytest.raises(ValueError, match=r"images_per_s\[16\]"):
+        timing.throughput_at(16, {16: float("nan"), 32: 300.0})
+    with pytest.raises(TypeError, match="image size"):
+        timing.throughput_at(16, {"16": 1000.0})
+    with pytest.raises(ValueError, match="image_size"):
+        timing.throughput_at(0, RATES)
+    with pytest.raises(ValueError, match="max_extrapolation"):
+        timing.throughput_at(20, RATES, max_extrapolation=0.5)
+    with pytest.raises(TypeError, match="ProgressiveSchedule"):
+        timing.predicted_seconds(schedule.to_dict(), RATES, 50_000)
+    with pytest.raises(ValueError, match="images_per_epoch"):
+        timing.predicted_seconds(schedule, RATES, 0)
+    with pytest.raises(TypeError, match="ProgressiveSchedule"):
+        timing.relative_flops("cifar10")
+
+
+def test_relative_flops_and_durations():
+    paper_s = ProgressiveSchedule.from_preset("paper-s")
+    expected = sum(s.num_epochs * (s.image_size / 300) ** 2 for s in paper_s.stages) / 350
+    assert timing.relative_flops(paper_s) == pytest.approx(expected)
+    assert timing.relative_flops(ProgressiveSchedule.from_preset("cifar10-fixed")) == 1.0
+    assert [timing.format_minutes(x) for x in (42, 600, 9000)] == ["42 s", "10.0 min", "2.5 h"]
+
+
+def test_explorer_predicts_the_training_time_from_images_per_s(fast_png):
+    explorer = schedule_explorer("cifar10", images_per_s=RATES, images_per_epoch=50_000,
+                                 hardware="a test machine")
+    expected = timing.predicted_seconds(explorer.schedule, RATES, 50_000)
+    assert explorer.predicted_seconds == pytest.approx(expected)
+    assert f"{timing.format_minutes(expected)} on a test machine" in explorer.summary.value
+    assert "60% of 40 epochs at 32 px" in explorer.summary.value  # the FLOPs beside the time
+    assert explorer.table.value.count("min</td>") == 4  # one predicted time per stage
+    explorer.controls["num_stages"].value = 2  # 16 and 32 px: other sizes, another time
+    two_stages = timing.predicted_seconds(explorer.schedule, RATES, 50_000)
+    assert explorer.predicted_seconds == pytest.approx(two_stages) and two_stages != expected
+    assert f"preset cifar10: {timing.format_minutes(expected)}" in explorer.summary.value
+    explorer.controls["image_size_end"].value = 64  # far beyond the measured 16-32 px: no guess
+    assert explorer.predicted_seconds is None
+    assert "not available" in explorer.summary.value and "64 px" in explorer.summary.value
+    explorer.controls["image_size_end"].value = 36  # a little beyond: extrapolated, and said so
+    assert explorer.predicted_seconds == pytest.approx(timing.predicted_seconds(explorer.schedule, RATES, 50_000))
+    assert "extrapolated" in explorer.summary.value
+
+
+def test_explorer_prediction_arguments_are_checked():
+    with pytest.raises(ValueError, match="images_per_epoch is needed"):
+        schedule_explorer("cifar10", images_per_s=RATES)
+    with pytest.raises(ValueError, match="without images_per_s"):
+        schedule_explorer("cifar10", images_per_epoch=50_000)
+    with pytest.raises(TypeError, match="images_per_s must be a dict"):
+        schedule_explorer("cifar10", images_per_s=[1000.0, 300.0], images_per_epoch=50_000)
+    with pytest.raises(ValueError, match="images_per_epoch"):
+        schedule_explorer("cifar10", images_per_s=RATES, images_per_epoch=0)
+    with pytest.raises(TypeError, match="hardware"):
+        schedule_explorer("cifar10", images_per_s=RATES, images_per_epoch=50_000, hardware=None)
 
 
 # ----------------------------------------------------------------------- augmentation
@@ -271,3 +470,18 @@ def test_augmentation_explorer_rejects_bad_input(images):
         augmentation_explorer(images, [0, 1, 2, 7], CLASSES)
     with pytest.raises(TypeError, match="torch.Tensor"):
         augmentation_explorer(images.numpy(), [0, 1, 2, 3], CLASSES)
+
+
+def test_augmentation_explorer_says_what_it_is_as_text(images, fast_png):
+    explorer = augmentation_explorer(images, [0, 1, 2, 3], CLASSES)
+    bundle = explorer._repr_mimebundle_()
+    assert bundle["text/plain"] == "Augmentation explorer (interactive; run the notebook to use it)"
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == explorer.widget.model_id
+
+
+def test_close_closes_every_widget_of_both_explorers(images, fast_png):
+    for explorer in (schedule_explorer("cifar10"), augmentation_explorer(images, [0, 1, 2, 3], CLASSES)):
+        parts = [explorer.widget, explorer.plot, *explorer.controls.values()]
+        assert all(part.comm is not None for part in parts)
+        explorer.close()
+        assert all(part.comm is None for part in parts)
