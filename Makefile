@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast lint lab train experiment bench clean-venv
+.PHONY: test test-fast lint lab notebooks train experiment bench clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,10 +12,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --no-deps -e .
 	touch $(STAMP)
 
-# Library tests, then every notebook through nbval in smoke mode (EFFV2_SMOKE=1
+# Library tests, then every notebook through nbval as a quick check (EFFV2_QUICK=1
 # shrinks each heavy step; the variable reaches the notebook kernels).
 test: $(STAMP)
-	EFFV2_SMOKE=1 MPLBACKEND=Agg $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env
+	EFFV2_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env
 
 # The edit-test loop: the library tests alone, without the notebooks and the browser (about a minute).
 test-fast: $(STAMP)
@@ -26,6 +26,12 @@ lint: $(STAMP)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
+
+# Execute every notebook in its full mode on this machine and store the outputs, the widget
+# state and what produced them (tests/test_notebook_outputs.py checks they are fresh). About
+# 20 minutes on 2 CPU cores; NB=notebooks/04_progressive_learning.ipynb runs one.
+notebooks: $(STAMP)
+	$(PY) scripts/make_notebooks.py $(NB)
 
 train: $(STAMP)
 	$(PY) -m effv2_lib.train --auto
