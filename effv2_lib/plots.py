@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
+from matplotlib.lines import Line2D
 
 from ._checks import check_int, check_real
 from .schedule import ProgressiveSchedule
@@ -25,6 +27,7 @@ __all__ = ["plot_schedule", "plot_image_grid", "plot_history", "plot_time_to_acc
            "plot_accuracy_and_size", "plot_class_examples", "plot_grouped_bars", "plot_drop_statistics"]
 
 STAGE_BOUNDARY_GID = "stage-boundary"  # gid of the vertical lines between stages
+FIGURE_LEGEND_GID = "figure-legend"  # gid of the one legend below a figure's panels
 NO_MIXUP_GID = "no-mixup"  # gid of the note in a Mixup panel that has nothing to draw
 
 # One panel per quantity of a Stage: attribute, title, y label (with units).
@@ -199,21 +202,44 @@ def plot_history(history: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Ma
     ax_size.set_ylabel("image size (px)")
     for ax in axes:
         ax.grid(alpha=0.3)
-    for ax in (ax_loss, ax_acc):
-        ax.legend(fontsize=9)
+    # One legend for the figure, below the panels: a colour per run, then each line style once
+    # (a legend per panel would list every run-quantity pair and cover the data).
+    handles = [Line2D([], [], color=f"C{k}", linewidth=3, label=name) for k, name in enumerate(runs) if name]
+    handles += [Line2D([], [], color="0.3", label=label, **style) for label, style in _HISTORY_STYLES]
+    _legend_below(fig, handles)
     return fig
 
 
+# How plot_history draws each quantity (the key of its figure legend).
+_HISTORY_STYLES = (
+    ("train loss; images/s", {}),
+    ("train accuracy", {"linestyle": "--"}),
+    ("test accuracy", {"marker": "."}),
+    ("image size (right axis)", {"linewidth": 3, "alpha": 0.4}),
+    ("stage change", {"linestyle": ":", "linewidth": 1}),
+)
+
+
+def _legend_below(fig: Figure, handles: Sequence[Line2D]) -> None:
+    """One figure legend under the panels, outside the data (with constrained layout, which
+    makes room for it; else at the bottom edge)."""
+    outside = isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)
+    legend = fig.legend(handles=handles, loc="outside lower center" if outside else "lower center", frameon=False,
+                        ncols=min(len(handles), 5), fontsize=9)
+    legend.set_gid(FIGURE_LEGEND_GID)
+
+
 def plot_time_to_accuracy(runs: Mapping[str, Sequence[Mapping[str, Any]]], *, target: float | None = None,
-                          time_key: str = "epoch_time", time_label: str = "training time (min)",
-                          ax: Axes | None = None) -> Figure:
+                          target_label: str = "target", time_key: str = "epoch_time",
+                          time_label: str = "training time (min)", ax: Axes | None = None) -> Figure:
     """Test accuracy against cumulative training time, one line per run (the paper's Figure 1(a)).
 
     runs maps a run's name to its per-epoch records (keys test_acc, stage and `time_key`, the
     epoch's seconds: measured ``epoch_time`` by default, or a load-independent cost); the x axis
     is their running sum in minutes (evaluation excluded), so runs of different lengths compare
     at equal cost. Dotted vertical lines in the run's colour mark its stage changes; target, if
-    given, draws a horizontal line (for example the baseline's final accuracy).
+    given, draws a horizontal line named `target_label` (for example the baseline's final
+    accuracy). The legend sits below the axes, outside the data.
     """
     if not isinstance(runs, Mapping) or not runs:
         raise TypeError(f"runs must be a non-empty dict {{name: records}}, got {type(runs).__name__}")
@@ -229,11 +255,14 @@ def plot_time_to_accuracy(runs: Mapping[str, Sequence[Mapping[str, Any]]], *, ta
         color = f"C{k}"
         ax.plot(minutes, [100 * r["test_acc"] for r in records], color=color, marker=".", label=name)
         _mark_boundaries(ax, _stage_changes(timed, "minutes"), color)
+    handles = [line for line in ax.get_lines() if line.get_gid() != STAGE_BOUNDARY_GID]  # a line per run
+    handles.append(Line2D([], [], color="0.3", linestyle=":", linewidth=1, label="stage change"))
     if target is not None:
         ax.axhline(100 * target, color="0.4", linewidth=0.8, linestyle="--")
+        handles.append(Line2D([], [], color="0.4", linewidth=0.8, linestyle="--", label=target_label))
     ax.set(xlabel=time_label, ylabel="test accuracy (%)", title="Test accuracy against training time")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9, loc="lower right")
+    _legend_below(fig, handles)
     return fig
 
 

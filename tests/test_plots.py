@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from effv2_lib.plots import (
+    FIGURE_LEGEND_GID,
     NO_MIXUP_GID,
     NO_RESIDUAL_GID,
     STAGE_BOUNDARY_GID,
@@ -134,6 +135,13 @@ def test_history_plot_compares_runs_and_marks_stage_changes():
     assert sorted(boundaries(ax_loss)) == [1.5, 3.5, 5.5]
     test_line = curves(ax_acc)[1]
     assert list(test_line.get_xdata()) == [0, 2, 4, 6]  # epochs without a test accuracy skipped
+    # one legend below the panels: a colour per run, then the line styles once
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    (legend,) = fig.legends
+    assert legend.get_gid() == FIGURE_LEGEND_GID
+    labels = [text.get_text() for text in legend.get_texts()]
+    assert labels[:2] == ["progressive", "fixed"] and "test accuracy" in labels and len(labels) == 7
+    assert min(text.get_fontsize() for text in legend.get_texts()) >= 9
 
 
 def test_history_plot_against_wall_time():
@@ -149,8 +157,11 @@ def test_time_to_accuracy_puts_runs_on_cumulative_training_minutes():
     progressive = [{"epoch": i + 1, "stage": i // 2, "epoch_time": 30.0 * (i // 2 + 1), "test_acc": 0.1 * (i + 1)}
                    for i in range(4)]  # 30, 30, 60, 60 s
     fixed = [{"epoch": i + 1, "stage": 0, "epoch_time": 90.0, "test_acc": 0.2 * (i + 1)} for i in range(2)]
-    fig = plot_time_to_accuracy({"progressive": progressive, "fixed": fixed}, target=0.4)
+    fig = plot_time_to_accuracy({"progressive": progressive, "fixed": fixed}, target=0.4,
+                                target_label="fixed run's final accuracy")
     ax = fig.axes[0]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "progressive", "fixed", "stage change", "fixed run's final accuracy"]
     lines = [line for line in curves(ax) if line.get_label() in ("progressive", "fixed")]
     assert list(lines[0].get_xdata()) == pytest.approx([0.5, 1.0, 2.0, 3.0])
     assert list(lines[0].get_ydata()) == pytest.approx([10, 20, 30, 40])
