@@ -57,8 +57,9 @@ def _minutes(seconds: float) -> str:
 
 def run_time_line(run_times: dict[str, dict]) -> str:
     """The notebook's run-time sentence, from its recorded full runs (GPU: not measured, if none)."""
-    parts = [f"{_minutes(record['duration_s'])} on {record['hardware']} ({DEVICE_NAMES.get(kind, kind)}, "
-             f"measured {record['date'][:10]})" for kind, record in sorted(run_times.items())]
+    parts = [f"{_minutes(record['duration_s'])} on {record['hardware']} ("
+             + ("" if kind == "cpu" else f"{DEVICE_NAMES.get(kind, kind)}, ")
+             + f"measured {record['date'][:10]})" for kind, record in sorted(run_times.items())]
     if not any(kind != "cpu" for kind in run_times):
         parts.append("on a GPU not measured yet")
     return (f"{RUN_TIME_PREFIX} the full run takes " + "; ".join(parts)
@@ -121,20 +122,33 @@ def execute(path: Path, timeout: int) -> float:
     run_times[kind] = {"duration_s": round(duration, 1), "hardware": hardware_text, "date": date}
     set_run_time_line(notebook, run_time_line(run_times))
     # The run-time line is markdown, so rewriting it leaves the code hash (and the outputs) valid.
+    _write(path, notebook)
+    return duration
+
+
+def _write(path: Path, notebook: dict) -> None:
+    """Write atomically: a notebook is never left half written."""
     temporary = path.with_suffix(".ipynb.tmp")
     with open(temporary, "w", encoding="utf-8") as f:
         json.dump(notebook, f, indent=1, ensure_ascii=False)
         f.write("\n")
     os.replace(temporary, path)
-    return duration
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook in notebooks/")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell (default: 3600)")
+    parser.add_argument("--run-times-only", action="store_true",
+                        help="execute nothing: rewrite each title cell's run-time line from the recorded run times")
     args = parser.parse_args(argv)
     paths = args.notebooks or sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+    if args.run_times_only:
+        for path in paths:
+            notebook = json.loads(path.read_text(encoding="utf-8"))
+            set_run_time_line(notebook, run_time_line(notebook["metadata"]["effv2"]["run_times"]))
+            _write(path, notebook)
+        return 0
     failed = []
     for path in paths:
         print(f"{path.name} ...", flush=True)
