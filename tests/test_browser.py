@@ -20,6 +20,7 @@ tests are skipped, unless EFFV2_REQUIRE_BROWSER=1 (set by .ci/run), where a miss
 is a failure.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -207,6 +208,22 @@ CHANGED_SRC_JS = ("([el, before]) => !!el.getAttribute('src') && el.getAttribute
 SELECTED_OPTION_JS = "el => el.querySelector('select').selectedOptions[0].text.replace(/\\u00a0/g, ' ')"
 
 
+@contextlib.contextmanager
+def browser_session(chromium: str, jupyter_lab, name: str):
+    """A _Browser for a `with` block: a Playwright error inside it fails the test with a
+    screenshot and the server log; the browser is closed after the block."""
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        session = _Browser(playwright, chromium, jupyter_lab, name)
+        try:
+            yield session
+        except PlaywrightError as error:
+            session.fail(f"{type(error).__name__}: {error}")
+        session.close()
+
+
 class _Browser:
     """A headless Chromium page, with a failure that leaves a screenshot and the server log."""
 
@@ -247,51 +264,43 @@ class _Browser:
 
 
 def test_schedule_explorer_in_jupyterlab_follows_a_slider(chromium, jupyter_lab):
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        session = _Browser(playwright, chromium, jupyter_lab, "schedule-explorer")
+    with browser_session(chromium, jupyter_lab, "schedule-explorer") as session:
         page = session.page
-        try:
-            session.run_notebook(SCHEDULE_NOTEBOOK, "schedule")
+        session.run_notebook(SCHEDULE_NOTEBOOK, "schedule")
 
-            session.step = "find the schedule explorer"
-            explorer = page.locator(".effv2-schedule-explorer").first
-            explorer.scroll_into_view_if_needed(timeout=UPDATE_S * 1000)
-            table = explorer.locator(".effv2-stage-table")
-            summary = explorer.locator(".effv2-summary")
-            plot = explorer.locator("img.effv2-schedule-plot")
-            preset = explorer.locator(".effv2-preset")
-            slider = explorer.locator(".effv2-image-size-end")
-            readout = slider.locator(".widget-readout")
-            page.wait_for_function("el => el.innerText.includes('stage')",
-                                   arg=table.element_handle(timeout=UPDATE_S * 1000),
-                                   timeout=UPDATE_S * 1000)
-            table_before, summary_before = table.inner_text(), summary.inner_text()
-            plot_before, size_before = plot.get_attribute("src"), int(readout.inner_text())
-            preset_before = preset.evaluate(SELECTED_OPTION_JS)
+        session.step = "find the schedule explorer"
+        explorer = page.locator(".effv2-schedule-explorer").first
+        explorer.scroll_into_view_if_needed(timeout=UPDATE_S * 1000)
+        table = explorer.locator(".effv2-stage-table")
+        summary = explorer.locator(".effv2-summary")
+        plot = explorer.locator("img.effv2-schedule-plot")
+        preset = explorer.locator(".effv2-preset")
+        slider = explorer.locator(".effv2-image-size-end")
+        readout = slider.locator(".widget-readout")
+        page.wait_for_function("el => el.innerText.includes('stage')",
+                               arg=table.element_handle(timeout=UPDATE_S * 1000),
+                               timeout=UPDATE_S * 1000)
+        table_before, summary_before = table.inner_text(), summary.inner_text()
+        plot_before, size_before = plot.get_attribute("src"), int(readout.inner_text())
+        preset_before = preset.evaluate(SELECTED_OPTION_JS)
 
-            session.step = "move the S_e slider with the keyboard"
-            handle = slider.locator(".noUi-handle")
-            handle.focus()
-            for _ in range(3):
-                handle.press("ArrowLeft")
-            session.wait_until_changed(CHANGED_TEXT_JS, table, table_before)
-            # Later presses may still be in flight: wait until the table shows the readout.
-            size_after = int(readout.inner_text())
-            page.wait_for_function(f"([el, size]) => ({LAST_STAGE_SIZE_JS})(el) === String(size)",
-                                   arg=[table.element_handle(), size_after],
-                                   timeout=UPDATE_S * 1000, polling=250)
-            session.step = "see the plot and the predicted time follow"
-            session.wait_until_changed(CHANGED_SRC_JS, plot, plot_before)
-            session.wait_until_changed(CHANGED_TEXT_JS, summary, summary_before)
-            table_after, summary_after = table.inner_text(), summary.inner_text()
-            last_stage_size = int(table.evaluate(LAST_STAGE_SIZE_JS))
-            preset_after = preset.evaluate(SELECTED_OPTION_JS)
-        except PlaywrightError as error:
-            session.fail(f"{type(error).__name__}: {error}")
-        session.close()
+        session.step = "move the S_e slider with the keyboard"
+        handle = slider.locator(".noUi-handle")
+        handle.focus()
+        for _ in range(3):
+            handle.press("ArrowLeft")
+        session.wait_until_changed(CHANGED_TEXT_JS, table, table_before)
+        # Later presses may still be in flight: wait until the table shows the readout.
+        size_after = int(readout.inner_text())
+        page.wait_for_function(f"([el, size]) => ({LAST_STAGE_SIZE_JS})(el) === String(size)",
+                               arg=[table.element_handle(), size_after],
+                               timeout=UPDATE_S * 1000, polling=250)
+        session.step = "see the plot and the predicted time follow"
+        session.wait_until_changed(CHANGED_SRC_JS, plot, plot_before)
+        session.wait_until_changed(CHANGED_TEXT_JS, summary, summary_before)
+        table_after, summary_after = table.inner_text(), summary.inner_text()
+        last_stage_size = int(table.evaluate(LAST_STAGE_SIZE_JS))
+        preset_after = preset.evaluate(SELECTED_OPTION_JS)
 
     shot = f"screenshot: {session.screenshot}"
     assert size_after < size_before, f"ArrowLeft on S_e did not lower it ({size_before} -> {size_after}); {shot}"
@@ -307,42 +316,34 @@ def test_schedule_explorer_in_jupyterlab_follows_a_slider(chromium, jupyter_lab)
 
 
 def test_augmentation_explorer_in_jupyterlab_follows_its_controls(chromium, jupyter_lab):
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        session = _Browser(playwright, chromium, jupyter_lab, "augmentation-explorer")
+    with browser_session(chromium, jupyter_lab, "augmentation-explorer") as session:
         page = session.page
-        try:
-            session.run_notebook(AUGMENTATION_NOTEBOOK, "augmentation")
+        session.run_notebook(AUGMENTATION_NOTEBOOK, "augmentation")
 
-            session.step = "find the augmentation explorer"
-            explorer = page.locator(".effv2-augmentation-explorer").first
-            explorer.scroll_into_view_if_needed(timeout=UPDATE_S * 1000)
-            plot = explorer.locator("img.effv2-augmentation-plot")
-            page.wait_for_function("el => !!el.getAttribute('src') && el.complete && el.naturalWidth > 0",
-                                   arg=plot.element_handle(timeout=UPDATE_S * 1000), timeout=UPDATE_S * 1000)
-            slider = explorer.locator(".effv2-magnitude")
-            readout = slider.locator(".widget-readout")
-            plot_start, magnitude_before = plot.get_attribute("src"), float(readout.inner_text())
+        session.step = "find the augmentation explorer"
+        explorer = page.locator(".effv2-augmentation-explorer").first
+        explorer.scroll_into_view_if_needed(timeout=UPDATE_S * 1000)
+        plot = explorer.locator("img.effv2-augmentation-plot")
+        page.wait_for_function("el => !!el.getAttribute('src') && el.complete && el.naturalWidth > 0",
+                               arg=plot.element_handle(timeout=UPDATE_S * 1000), timeout=UPDATE_S * 1000)
+        slider = explorer.locator(".effv2-magnitude")
+        readout = slider.locator(".widget-readout")
+        plot_start, magnitude_before = plot.get_attribute("src"), float(readout.inner_text())
 
-            session.step = "move the RandAugment magnitude slider with the keyboard"
-            handle = slider.locator(".noUi-handle")
-            handle.focus()
-            for _ in range(2):
-                handle.press("ArrowRight")
-            session.wait_until_changed(CHANGED_SRC_JS, plot, plot_start)
-            magnitude_after = float(readout.inner_text())
-            plot_after_magnitude = plot.get_attribute("src")
+        session.step = "move the RandAugment magnitude slider with the keyboard"
+        handle = slider.locator(".noUi-handle")
+        handle.focus()
+        for _ in range(2):
+            handle.press("ArrowRight")
+        session.wait_until_changed(CHANGED_SRC_JS, plot, plot_start)
+        magnitude_after = float(readout.inner_text())
+        plot_after_magnitude = plot.get_attribute("src")
 
-            session.step = "choose the automl op table"
-            button = explorer.locator(".effv2-randaug-ops button", has_text="automl")
-            button.click()
-            session.wait_until_changed(CHANGED_SRC_JS, plot, plot_after_magnitude)
-            automl_pressed = "mod-active" in (button.get_attribute("class") or "")
-        except PlaywrightError as error:
-            session.fail(f"{type(error).__name__}: {error}")
-        session.close()
+        session.step = "choose the automl op table"
+        button = explorer.locator(".effv2-randaug-ops button", has_text="automl")
+        button.click()
+        session.wait_until_changed(CHANGED_SRC_JS, plot, plot_after_magnitude)
+        automl_pressed = "mod-active" in (button.get_attribute("class") or "")
 
     shot = f"screenshot: {session.screenshot}"
     assert magnitude_after > magnitude_before, (
