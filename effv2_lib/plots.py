@@ -31,7 +31,7 @@ FIGURE_LEGEND_GID = "figure-legend"  # gid of the one legend below a figure's pa
 NO_MIXUP_GID = "no-mixup"  # gid of the note in a Mixup panel that has nothing to draw
 
 # One panel per quantity of a Stage: attribute, title, y label (with units).
-_SCHEDULE_PANELS = (
+SCHEDULE_PANELS = (
     ("image_size", "Image size $S_i$", "size (px)"),
     ("dropout", r"Dropout rate $\gamma_i$", "rate"),
     ("randaug_magnitude", r"RandAugment magnitude $\epsilon_i$", "level"),
@@ -78,13 +78,13 @@ def plot_schedule(schedules: ProgressiveSchedule | Mapping[str, ProgressiveSched
     RandAugment, Mixup), or None for a new 1 x 4 figure.
     """
     named = _named(schedules, ProgressiveSchedule, "schedule")
-    fig, axes = _axes_or_new(axes, len(_SCHEDULE_PANELS))
+    fig, axes = _axes_or_new(axes, len(SCHEDULE_PANELS))
     for k, (label, schedule) in enumerate(named.items()):
         color = f"C{k}"
         # Stage i holds on [start_epoch, end_epoch): a post-step line through the
         # stage starts, closed at N with the last value repeated.
         edges = [s.start_epoch for s in schedule.stages] + [schedule.total_epochs]
-        for ax, (attr, _, _) in zip(axes, _SCHEDULE_PANELS, strict=True):
+        for ax, (attr, _, _) in zip(axes, SCHEDULE_PANELS, strict=True):
             values = [getattr(s, attr) for s in schedule.stages]
             ax.plot(edges, values + values[-1:], drawstyle="steps-post", color=color,
                     linewidth=2.0, label=label)
@@ -94,7 +94,7 @@ def plot_schedule(schedules: ProgressiveSchedule | Mapping[str, ProgressiveSched
             axes[-1].plot(edges, cutmix + cutmix[-1:], drawstyle="steps-post", color=color, linewidth=1.5,
                           linestyle="--", label=f"{label}: CutMix $\\alpha$")
             axes[-1].legend(fontsize=9)
-    for ax, (_, title, ylabel) in zip(axes, _SCHEDULE_PANELS, strict=True):
+    for ax, (_, title, ylabel) in zip(axes, SCHEDULE_PANELS, strict=True):
         ax.set(title=title, xlabel="epoch", ylabel=ylabel)
         ax.grid(alpha=0.3)
     if not any(s.mixup_alpha or s.cutmix_alpha for schedule in named.values() for s in schedule.stages):

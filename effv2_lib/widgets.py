@@ -36,8 +36,7 @@ from matplotlib.figure import Figure
 
 from ._checks import check_choice, check_int, check_real
 from .augment import mixup_batch
-from .plots import _SCHEDULE_PANELS as SCHEDULE_PANELS
-from .plots import plot_image_grid, plot_schedule
+from .plots import SCHEDULE_PANELS, plot_image_grid, plot_schedule
 from .randaugment import MAX_PAPER_LEVEL, RANDAUGMENTS
 from .schedule import MAX_RANDAUG, MIN_IMAGE_SIZE, PRESETS, RANDAUG_OP_TABLES, RULES, ProgressiveSchedule
 from .timing import (
