@@ -46,6 +46,7 @@ from .config import SMOKE, TrainConfig, resolve_schedule
 from .model import build_model
 from .runtime import hardware, is_quick_check, train_throughput
 from .schedule import ProgressiveSchedule
+from .timing import predicted_seconds
 
 __all__ = ["RUN_NAMES", "ExperimentRun", "plan_cpu_cifar10", "measure_throughput", "run_cost",
            "run_experiment", "load_results", "results_table", "write_report", "main"]
@@ -92,9 +93,11 @@ def measure_throughput(models_sizes: dict[str, list[int]], batch_size: int, *, s
 
 def run_cost(model: str, schedule: ProgressiveSchedule, train_images: int, rates: dict[str, Any]) -> float:
     """Seconds the run's training steps cost at the measured images/s: sum over stages of
-    epochs x images / rate(model, size). Independent of the load while the run trains."""
-    return sum(stage.num_epochs * train_images / rates[_cost_key(model, stage.image_size)]["images_per_s"]
-               for stage in schedule.stages)
+    epochs x images / rate(model, size) (`timing.predicted_seconds`, the explorer's prediction,
+    on this model's measured sizes). Independent of the load while the run trains."""
+    measured = {int(key.split("@")[1]): rate["images_per_s"] for key, rate in rates.items()
+                if key.startswith(f"{model}@")}
+    return predicted_seconds(schedule, measured, train_images)
 
 
 def plan_cpu_cifar10(data_dir: str | None, out: str | Path, *, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
