@@ -55,6 +55,7 @@ def _download_dir() -> Path:
 DATA_DIR = _download_dir()
 # The bundled sample is package data: it travels with every install, editable or not.
 SAMPLE_PATH = resources.files(__package__).joinpath("sample", "cifar10_sample.npz")
+SAMPLE_NAME = f"{__package__}/sample/cifar10_sample.npz"  # how logs and summaries name it
 
 # Per-channel mean and standard deviation of the training images, pixel values scaled to [0, 1].
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -215,7 +216,7 @@ def load_cifar(name: str = "cifar10", data_dir=None, download: bool = False,
                                 f"only). To get it: {HOW_TO_GET_DATA}.")
     data = _load_sample(name)
     _warn_every_time(f"Using the bundled CIFAR-10 SAMPLE ({len(data.train)} train / {len(data.test)} "
-                     f"test images from {SAMPLE_PATH}), not the full data set. For the full "
+                     f"test images from {SAMPLE_NAME}), not the full data set. For the full "
                      f"CIFAR-10: {HOW_TO_GET_DATA}.", SampleDataWarning)
     return data
 
@@ -339,7 +340,7 @@ def _load_sample(name: str) -> CifarData:
                                 "checkout restore it from git or regenerate it with data/make_sample.py")
     with resources.as_file(SAMPLE_PATH) as path:  # a real file even if the package is zipped
         classes = _classes_in_npz(path, name)
-        source = f"sample:{SAMPLE_PATH}"
+        source = f"sample:{SAMPLE_NAME}"  # the same on every machine, unlike the installed path
         train = _split_from_npz(path, ("x_train", "y_train"), classes, source)
         test = _split_from_npz(path, ("x_test", "y_test"), classes, source)
     return CifarData(name, train, test, classes, source, is_sample=True)

@@ -7,7 +7,8 @@ regularization to the image size matters. ``cpu-cifar10`` tests both on the full
 Every run shares the seed, optimizer, recipe and evaluation; they differ only in what the name
 says:
 
-    progressive            the cifar10 preset scaled to --epochs: 16 -> 32 px, regularization grows
+    progressive            the cifar10 preset scaled to --epochs (16 -> 32 px, regularization grows),
+                           or the schedule --schedule FILE gives (a recipe tuned on held-out data)
     fixed                  the same epochs at 32 px with the final stage's regularization (baseline)
     progressive-fixed-reg  the progressive sizes with the final regularization throughout (Sec. 6.2)
     fixed-time-matched     32 px for as many epochs as the progressive run's training cost allows
@@ -19,11 +20,13 @@ as `effv2_lib.bench` does), times the images each run trains on. Wall times are 
 it, with the load average recorded every epoch.
 
 Runs go one after the other into OUT/<run>/ and the experiment resumes: a finished run is
-skipped, an interrupted one continues from its checkpoint. After each run OUT/README.md (the
+skipped, an interrupted one continues from its checkpoint; a directory whose runs were trained
+to another schedule or model is refused rather than mixed into the table. After each run OUT/README.md (the
 table) and OUT/comparison.png (accuracy against training time) are written again from what has
 finished, so results land as they come::
 
     python -m effv2_lib.experiments cpu-cifar10 --data DIR --out results/cpu-cifar10
+    python -m effv2_lib.experiments cpu-cifar10 --data DIR --schedule FILE --out results/cpu-cifar10-tuned
     python -m effv2_lib.experiments cpu-cifar10 --out results/cpu-cifar10 --report   # table, figure only
 """
 
@@ -40,9 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from ._checks import check_int
-from ._cli import one_line_errors
+from ._cli import one_line_errors, schedule_file
 from .checkpoint import HISTORY_FILE, RUN_FILE, SUMMARY_FILE, atomic_write_json, read_json
-from .config import SMOKE, TrainConfig, resolve_schedule
+from .config import SMOKE, TrainConfig, resolve_schedule, smoke_config
 from .model import build_model
 from .runtime import hardware, is_quick_check, train_throughput
 from .schedule import ProgressiveSchedule
@@ -102,17 +105,21 @@ def run_cost(model: str, schedule: ProgressiveSchedule, train_images: int, rates
 
 def plan_cpu_cifar10(data_dir: str | None, out: str | Path, *, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
                      batch_size: int = 128, rates: dict[str, Any] | None = None, train_images: int = 50_000,
-                     smoke: bool = False) -> list[ExperimentRun]:
-    """The five runs of ``cpu-cifar10``. The time-matched runs need `rates` (measured images/s);
-    without them only the first three are planned."""
+                     smoke: bool = False, schedule: ProgressiveSchedule | dict | None = None) -> list[ExperimentRun]:
+    """The five runs of ``cpu-cifar10``: the progressive run trains `schedule` if given, else the
+    cifar10 preset at `epochs`; the others are derived from its sizes and final stage. The
+    time-matched runs need `rates` (measured images/s); without them only the first three are planned."""
     out = Path(out)
-    base = TrainConfig(model="cifar-tiny", preset="cifar10", epochs=epochs, batch_size=batch_size, seed=seed,
-                       data_dir=data_dir, full_data_only=not smoke, sample=smoke and data_dir is None,
-                       loader="device", smoke=smoke)
+    recipe = (dict(preset="cifar10", epochs=epochs) if schedule is None
+              else dict(schedule=schedule, epochs=None))
+    base = TrainConfig(model="cifar-tiny", batch_size=batch_size, seed=seed, data_dir=data_dir,
+                       full_data_only=not smoke, sample=smoke and data_dir is None, loader="device", smoke=smoke,
+                       **recipe)
     progressive = resolve_schedule(base)
     last = progressive.stages[-1]
     fixed_reg = replace(progressive, dropout=(last.dropout,) * 2, randaug=(last.randaug_magnitude,) * 2,
-                        mixup=(last.mixup_alpha,) * 2, name="cifar10, final regularization throughout")
+                        mixup=(last.mixup_alpha,) * 2, cutmix=(last.cutmix_alpha,) * 2,
+                        name=f"{progressive.name or 'schedule'}, final regularization throughout")
 
     def run(name: str, description: str, **changes: Any) -> ExperimentRun:
         return ExperimentRun(name, description, replace(base, out=str(out / name), **changes))
@@ -165,19 +172,38 @@ def _train_one(run: ExperimentRun, command: str, progress: bool) -> None:
         raise KeyboardInterrupt(f"run {run.name} stopped ({result.status}); rerun the command to resume it")
 
 
-def run_experiment(name: str, data_dir: str | None, out: str | Path, *, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
+def _check_same_run(run: ExperimentRun) -> None:
+    """Refuse a run directory that holds a run of another model or schedule (a finished one would
+    otherwise be skipped and reported as if it were this experiment's)."""
+    run_file = Path(run.config.out) / RUN_FILE
+    if not run_file.is_file():
+        return
+    stored = TrainConfig(**read_json(run_file)["config"])
+    planned = smoke_config(run.config) if run.config.smoke else run.config
+    found, wanted = resolve_schedule(stored), resolve_schedule(planned)
+    if (stored.model, found) != (planned.model, wanted):
+        raise ValueError(f"{run.config.out} holds a run of {stored.model} on the schedule\n{found.table()}\n"
+                         f"but this experiment's {run.name} run is {planned.model} on\n{wanted.table()}\n"
+                         "give another --out (or the options that made that directory)")
+
+
+def run_experiment(name: str, data_dir: str | None, out: str | Path, *, epochs: int | None = None, seed: int = 0,
                    only: tuple[str, ...] = RUN_NAMES, smoke: bool = False, progress: bool = True,
-                   command: str = "") -> list[ExperimentRun]:
-    """Run (or resume) the experiment's runs in order; rewrite the report after each one."""
+                   command: str = "", schedule: ProgressiveSchedule | dict | None = None) -> list[ExperimentRun]:
+    """Run (or resume) the experiment's runs in order; rewrite the report after each one. The
+    progressive run trains `schedule`, else the cifar10 preset at `epochs` (default 12)."""
     if name != "cpu-cifar10":
         raise ValueError(f"unknown experiment {name!r}; known: cpu-cifar10")
     unknown = set(only) - set(RUN_NAMES)
     if unknown:
         raise ValueError(f"unknown runs {sorted(unknown)}; the runs are {', '.join(RUN_NAMES)}")
-    check_int("epochs", epochs, 4)  # at least one epoch per stage
+    if schedule is not None and epochs is not None:
+        raise ValueError("a schedule sets its own epochs; give the schedule or epochs, not both")
+    if schedule is None:
+        epochs = check_int("epochs", DEFAULT_EPOCHS if epochs is None else epochs, 4)  # >= 1 epoch per stage
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    plan = plan_cpu_cifar10(data_dir, out, epochs=epochs, seed=seed, smoke=smoke)
+    plan = plan_cpu_cifar10(data_dir, out, epochs=epochs, seed=seed, smoke=smoke, schedule=schedule)
     throughput_file = out / THROUGHPUT_FILE
     if throughput_file.is_file():
         throughput = read_json(throughput_file)
@@ -189,10 +215,11 @@ def run_experiment(name: str, data_dir: str | None, out: str | Path, *, epochs: 
         atomic_write_json(throughput_file, throughput)
     train_images = 10 * SMOKE["subset_per_class"] if smoke else 50_000  # CIFAR-10: 10 classes
     plan = plan_cpu_cifar10(data_dir, out, epochs=epochs, seed=seed, smoke=smoke, rates=throughput["rates"],
-                            train_images=train_images)
-    for run in plan:
-        if run.name not in only:
-            continue
+                            train_images=train_images, schedule=schedule)
+    runs = [run for run in plan if run.name in only]
+    for run in runs:  # before anything trains
+        _check_same_run(run)
+    for run in runs:
         state = _status(Path(run.config.out))
         print(f"== {run.name}: {run.description} [{'already finished' if state == 'finished' else state}]",
               flush=True)
@@ -294,6 +321,10 @@ def write_report(out: str | Path) -> Path:
         "",
         *results_table(finished),
     ]
+    if "progressive" in finished:
+        schedule = ProgressiveSchedule.from_dict(finished["progressive"][0]["schedule"])
+        lines += ["", f"The progressive run's schedule (`{schedule.name or 'custom'}`); the other runs take its "
+                      "final stage:", "", "```", *schedule.table().splitlines(), "```"]
     missing = [name for name in RUN_NAMES if name not in finished]
     if missing:
         lines += ["", f"Not run yet (or still running): {', '.join(missing)}."]
@@ -331,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, metavar="DIR",
                         help="directory with CIFAR-10's train.npz / test.npz (default: $EFFV2_DATA)")
     parser.add_argument("--out", required=True, help="experiment directory (one sub-directory per run)")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"epoch budget N (default {DEFAULT_EPOCHS})")
+    recipe = parser.add_mutually_exclusive_group()
+    recipe.add_argument("--epochs", type=int, help=f"epoch budget N of the cifar10 preset (default {DEFAULT_EPOCHS})")
+    recipe.add_argument("--schedule", type=schedule_file, metavar="FILE",
+                        help="the progressive run's schedule as JSON (ProgressiveSchedule.to_json()) instead of "
+                             "the preset; the other runs follow its sizes, final stage and epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", nargs="+", default=list(RUN_NAMES), choices=RUN_NAMES, metavar="RUN",
                         help=f"which runs, in the experiment's order (default: all: {', '.join(RUN_NAMES)})")
@@ -349,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report written to {write_report(args.out)}")
         return 0
     run_experiment(args.experiment, data, args.out, epochs=args.epochs, seed=args.seed, only=tuple(args.runs),
-                   smoke=smoke, progress=args.progress,
+                   smoke=smoke, progress=args.progress, schedule=args.schedule,
                    command=shlex.join(["python", "-m", "effv2_lib.experiments", *argv]))
     print(f"done: {Path(args.out) / REPORT_FILE}")
     return 0

@@ -29,14 +29,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ._cli import one_line_errors
+from ._cli import one_line_errors, schedule_file
 from .checkpoint import RUN_FILE, read_json
 from .config import LOADERS, TrainConfig, auto_config
 from .data import NORMALIZATION, CifarData
 from .model import MODEL_NAMES
 from .optim import LR_SCHEDULES, OPTIMIZERS
 from .runtime import is_quick_check
-from .schedule import ProgressiveSchedule
 from .trainer import NonFiniteLossError, Trainer, TrainResult
 
 __all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "auto_config", "train", "build_parser", "main"]
@@ -49,7 +48,8 @@ def train(config: TrainConfig, progress: bool = True, *, data: CifarData | None 
 
     Args:
         config: a TrainConfig.
-        progress: show tqdm bars (one per epoch) and messages.
+        progress: show tqdm progress bars (one per epoch). The per-epoch lines and messages are
+            printed either way, so a run in the background leaves a readable log.
         data: train on this CifarData instead of loading `config`'s (subsets still apply).
         on_epoch: called with each epoch's history record (e.g. to plot live in a notebook).
         on_step: called as on_step(epoch, step) (0-based) after every optimizer step.
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", help="progressive schedule preset (effv2_lib.schedule.PRESETS: cifar10, cifar100, "
                                     "cifar10-fixed, paper-s, ...)" + default("preset"))
     g.add_argument("--epochs", type=int, help="total epochs N (default: the preset's; cifar10: 40)")
-    g.add_argument("--schedule", type=_read_schedule, metavar="FILE",
+    g.add_argument("--schedule", type=schedule_file, metavar="FILE",
                    help="the schedule as JSON (ProgressiveSchedule.to_json(), e.g. from the schedule explorer) "
                         "instead of --preset")
     g.add_argument("--fixed-size", dest="fixed_size", type=int, metavar="PX",
@@ -179,16 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sync-every", dest="sync_every", type=int, metavar="STEPS",
                    help="read the loss back every STEPS steps (default: 50 on CUDA, 1 elsewhere)")
     return parser
-
-
-def _read_schedule(path: str) -> dict:
-    """--schedule FILE: a ProgressiveSchedule's JSON, checked as it is read."""
-    try:
-        return ProgressiveSchedule.from_json(Path(path).read_text(encoding="utf-8")).to_dict()
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(f"cannot read the schedule file {path}: {exc.strerror}") from exc
-    except (ValueError, TypeError, KeyError) as exc:
-        raise argparse.ArgumentTypeError(f"{path} is not a schedule (ProgressiveSchedule JSON): {exc}") from exc
 
 
 def _config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool, str | None]:

@@ -359,8 +359,10 @@ class Trainer:
         else:
             warnings.warn(f"the checkpoint was written by {len(where['rng'])} process(es), this run has "
                           f"{self.ranks.world_size}: random streams restart from the seed", stacklevel=2)
-        at = f"epoch {self.start_epoch + 1}" + (f", step {self.start_step + 1}" if self.start_step else "")
-        self.log(f"resuming {self.config.out} at {at} of {self.schedule.total_epochs}")
+        at = f"epoch {self.start_epoch + 1} of {self.schedule.total_epochs}"
+        if self.start_step:
+            at += f", step {self.start_step + 1} of {self.steps_per_epoch}"
+        self.log(f"resuming {self.config.out} at {at}")
 
     def save_training_state(self, epoch: int, step: int, partial: dict | None) -> None:
         """Checkpoint: the run continues at (epoch, step); every rank's RNG state is gathered."""

@@ -96,7 +96,9 @@ def test_the_sample_warning_is_shown_on_every_fallback_and_obeys_filters(no_sour
 
 
 def test_sample_is_real_balanced_cifar10(sample):
-    assert sample.is_sample and sample.name == "cifar10" and sample.source.startswith("sample:")
+    # named the same on every machine: committed outputs and summaries carry no local path
+    assert sample.is_sample and sample.name == "cifar10"
+    assert sample.source == "sample:effv2_lib/sample/cifar10_sample.npz"
     assert sample.classes == list(CIFAR10_CLASSES) and sample.num_classes == 10
     for split, per_class in ((sample.train, 250), (sample.test, 100)):
         assert split.images.dtype == torch.uint8 and split.images.shape == (10 * per_class, 3, 32, 32)

@@ -55,6 +55,43 @@ def test_time_matching_uses_the_measured_cost_per_size(tmp_path):
         assert resolve_schedule(smoke_config(run.config)).total_epochs == resolve_schedule(run.config).total_epochs < 4
 
 
+def test_a_schedule_file_sets_the_progressive_run_and_the_baselines_follow_it(tmp_path):
+    light = ProgressiveSchedule(total_epochs=8, num_stages=4, image_size=(16, 32), size_multiple=4, dropout=(0.0, 0.1),
+                                randaug=(1.0, 3.0), name="light")
+    plan = {run.name: run for run in plan_cpu_cifar10("DIR", tmp_path, schedule=light, rates=RATES)}
+    schedules = {name: resolve_schedule(run.config) for name, run in plan.items()}
+    assert schedules["progressive"] == light
+    last = light.stages[-1]
+    fixed = schedules["fixed"].stages
+    assert [(s.image_size, s.dropout, s.randaug_magnitude, s.end_epoch) for s in fixed] == [
+        (32, last.dropout, last.randaug_magnitude, 8)]
+    fixed_reg = schedules["progressive-fixed-reg"]
+    assert [s.image_size for s in fixed_reg.stages] == [s.image_size for s in light.stages]
+    assert {(s.dropout, s.randaug_magnitude) for s in fixed_reg.stages} == {(0.1, 3.0)}
+    # the budget to match is the schedule's, not the preset's
+    assert resolve_schedule(plan["fixed-time-matched"].config).total_epochs == int(
+        run_cost("cifar-tiny", light, 50_000, RATES) // 200)
+
+
+def test_a_directory_of_another_recipe_is_refused_before_anything_trains(tmp_path, monkeypatch):
+    out = tmp_path / "exp"
+    (out / "fixed").mkdir(parents=True)
+    (out / "throughput.json").write_text(json.dumps({"rates": RATES}))
+    # fixed, as a 12-epoch preset experiment left it
+    old = plan_cpu_cifar10(None, out, epochs=12, smoke=True)[1].config
+    (out / "fixed" / "run.json").write_text(json.dumps({"config": smoke_config(old).to_dict()}))
+    monkeypatch.setattr(experiments, "_train_one", lambda *a: pytest.fail("trained into a mixed directory"))
+    with pytest.raises(ValueError, match="exp/fixed holds a run of cifar-tiny"):
+        run_experiment("cpu-cifar10", None, out, epochs=8, smoke=True, progress=False)
+    with pytest.raises(ValueError, match="schedule or epochs, not both"):
+        run_experiment("cpu-cifar10", None, out, epochs=12, schedule=ProgressiveSchedule.from_preset("cifar10", 12))
+    monkeypatch.setattr(experiments, "write_report", lambda out: None)
+    trained = []
+    monkeypatch.setattr(experiments, "_train_one", lambda run, *a: trained.append(run.name))
+    run_experiment("cpu-cifar10", None, out, epochs=12, smoke=True, progress=False, only=("fixed",))
+    assert trained == ["fixed"]  # the same recipe: resumed, not refused
+
+
 @pytest.mark.slow
 def test_the_experiment_resumes_an_interrupted_run_and_skips_finished_ones(tmp_path, monkeypatch):
     out = tmp_path / "exp"
@@ -90,5 +127,13 @@ def test_the_command_refuses_bad_input_with_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: epochs must be an int >= 4")
     with pytest.raises(SystemExit):
         experiments.main(["cpu-cifar10", "--out", str(tmp_path), "--runs", "nonsense"])
+    schedule = tmp_path / "light.json"
+    schedule.write_text(ProgressiveSchedule.from_preset("cifar10", 8).to_json())
+    with pytest.raises(SystemExit):  # a schedule has its own epochs
+        experiments.main(["cpu-cifar10", "--out", str(tmp_path), "--schedule", str(schedule), "--epochs", "8"])
+    assert "not allowed with argument --schedule" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        experiments.main(["cpu-cifar10", "--out", str(tmp_path), "--schedule", str(tmp_path / "missing.json")])
+    assert "cannot read the schedule file" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown experiment"):
         run_experiment("imagenet", None, tmp_path)

@@ -169,7 +169,10 @@ def test_ctrl_c_on_the_command_line_saves_and_exits_cleanly(tmp_path):
                               "--stop-after", str(done + 1), "--no-progress"],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"resuming {out} at epoch {done + 1}" in resumed.stdout
+    at = f"epoch {done + 1} of {saved['schedule']['total_epochs']}"
+    if saved["step"]:  # stopped inside an epoch: the step is counted within the epoch
+        at += f", step {saved['step'] + 1} of "
+    assert f"resuming {out} at {at}" in resumed.stdout
     assert len(json.loads((out / "history.json").read_text())) == done + 1
 
 
