@@ -219,4 +219,6 @@ CPU_EXPERIMENT_NOTE = (
     "minutes of training each on a quiet 2-core x86-64 CPU, about 2.2 hours in all with evaluation (an estimate from "
     "each run's measured cost; results/cpu-cifar10). Start it with "
     "`make experiment DATA=DIR` or `python -m effv2_lib.experiments cpu-cifar10 --data DIR --out "
-    "results/cpu-cifar10`; it resumes where it stopped when run again.")
+    "results/cpu-cifar10`; it resumes where it stopped when run again. The recipe tuned on held-out images "
+    "(16 epochs, lighter regularization; results/cpu-cifar10-tuned) reached 88.60% test accuracy after 29 minutes "
+    "of training: `make experiment-tuned DATA=DIR` runs the same five runs on it.")

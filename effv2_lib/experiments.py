@@ -21,9 +21,9 @@ it, with the load average recorded every epoch.
 
 Runs go one after the other into OUT/<run>/ and the experiment resumes: a finished run is
 skipped, an interrupted one continues from its checkpoint; a directory whose runs were trained
-to another schedule or model is refused rather than mixed into the table. After each run OUT/README.md (the
-table) and OUT/comparison.png (accuracy against training time) are written again from what has
-finished, so results land as they come::
+to another schedule or model is refused rather than mixed into the table. After each run
+OUT/README.md (the table) and OUT/comparison.png (accuracy against training time) are written
+again from what has finished, so results land as they come::
 
     python -m effv2_lib.experiments cpu-cifar10 --data DIR --out results/cpu-cifar10
     python -m effv2_lib.experiments cpu-cifar10 --data DIR --schedule FILE --out results/cpu-cifar10-tuned

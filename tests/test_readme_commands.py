@@ -39,6 +39,7 @@ def test_the_readme_documents_training_and_the_experiment():
     commands = documented_commands()
     assert any("effv2_lib.experiments" in c for c in commands)
     assert any("--fixed-size" in c for c in commands) and any("--auto" in c for c in commands)
+    assert any("effv2_lib.experiments" in c and "--schedule" in c for c in commands)  # the tuned recipe
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +56,13 @@ def shrunk(command: str, data: Path, out: Path) -> tuple:
     args = shlex.split(command[len(prefix):])
     args = [str(data) if a == "DIR" else a for a in args]
     is_experiment = ENTRY_POINTS[prefix] is experiments_module.main
+    if "--schedule" in args:  # a file of the repository (the test runs elsewhere); it sets the epochs
+        at = args.index("--schedule") + 1
+        args[at] = str(README.parent / args[at])
     for flag, value in (("--out", str(out)), ("--model", "cifar-tiny"), ("--epochs", "4")):
         if flag in args:
             args[args.index(flag) + 1] = value
-        elif flag == "--out" or (flag == "--epochs" and is_experiment):
+        elif flag == "--out" or (flag == "--epochs" and is_experiment and "--schedule" not in args):
             args += [flag, value]
     extra = ["--smoke", "--no-progress"] + (["--device", "cpu"] if ENTRY_POINTS[prefix] is train_module.main else [])
     return ENTRY_POINTS[prefix], args + extra
