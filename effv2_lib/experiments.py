@@ -178,8 +178,8 @@ def _check_same_run(run: ExperimentRun) -> None:
     run_file = Path(run.config.out) / RUN_FILE
     if not run_file.is_file():
         return
-    stored = TrainConfig(**read_json(run_file)["config"])
-    planned = smoke_config(run.config) if run.config.smoke else run.config
+    stored = TrainConfig(**read_json(run_file)["config"])  # as given: a quick check's is shrunk when it trains
+    stored, planned = (smoke_config(c) if c.smoke else c for c in (stored, run.config))
     found, wanted = resolve_schedule(stored), resolve_schedule(planned)
     if (stored.model, found) != (planned.model, wanted):
         raise ValueError(f"{run.config.out} holds a run of {stored.model} on the schedule\n{found.table()}\n"

@@ -77,9 +77,9 @@ def test_a_directory_of_another_recipe_is_refused_before_anything_trains(tmp_pat
     out = tmp_path / "exp"
     (out / "fixed").mkdir(parents=True)
     (out / "throughput.json").write_text(json.dumps({"rates": RATES}))
-    # fixed, as a 12-epoch preset experiment left it
+    # fixed, as a 12-epoch preset experiment left it (run.json holds the config as given)
     old = plan_cpu_cifar10(None, out, epochs=12, smoke=True)[1].config
-    (out / "fixed" / "run.json").write_text(json.dumps({"config": smoke_config(old).to_dict()}))
+    (out / "fixed" / "run.json").write_text(json.dumps({"config": old.to_dict()}))
     monkeypatch.setattr(experiments, "_train_one", lambda *a: pytest.fail("trained into a mixed directory"))
     with pytest.raises(ValueError, match="exp/fixed holds a run of cifar-tiny"):
         run_experiment("cpu-cifar10", None, out, epochs=8, smoke=True, progress=False)
