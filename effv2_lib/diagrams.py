@@ -4,14 +4,16 @@ Tan & Le (2021), Figure 2 draws MBConv and Fused-MBConv; Table 4 lists V2-S's st
 
 * `plot_block` draws one block (`effv2_lib.blocks.MBConv` or `FusedMBConv`) layer by layer, with
   the tensor shape after each layer measured by running the block on a zero input, the
-  squeeze-and-excitation branch, and the residual with its stochastic-depth probability;
+  squeeze-and-excitation branch and, where there is a residual, the stochastic-depth step on the
+  residual branch (the layers) and the identity shortcut that is always added;
 * `plot_network` draws a network's stem, stages and head from its `ModelSpec` (one small square
   per block, coloured by operator), with the feature-map size each stage sees at a given input;
 * `plot_family` stacks several such diagrams at one scale (V2-S, M, L and XL: the later stages
   grow most, the paper's non-uniform scaling of Section 3.3);
-* `plot_stochastic_depth` draws the drop probability of every block of a built network, read
-  from its `StochasticDepth` modules: blocks without a residual (the first of a stage that
-  changes the width or the stride) are never dropped, and are drawn as such.
+* `plot_stochastic_depth` draws the drop probability of every block's residual branch in a built
+  network, read from its `StochasticDepth` modules, beside the rule p_i = 0.2 i / n: blocks
+  without a residual (the first of a stage that changes the width or the stride) have no branch
+  to drop, and are drawn as such.
 
 Every function returns the Figure and draws nothing it did not read from the model.
 """
@@ -24,7 +26,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.patches import FancyBboxPatch, Rectangle
+from matplotlib.patches import FancyBboxPatch, Patch, Rectangle
 from torch import nn
 
 from ._checks import check_int
@@ -34,7 +36,7 @@ from .model import EfficientNetV2, ModelSpec
 __all__ = ["BLOCK_COLORS", "describe_layers", "plot_block", "plot_network", "plot_family", "plot_stochastic_depth"]
 
 BLOCK_COLORS = {"fused": "#f4a261", "mbconv": "#5fa8d3", "stem": "#cccccc", "head": "#cccccc"}
-BLOCK_GID, STAGE_GID = "block", "stage"  # gids of the patches, for tests and for reading a figure
+BLOCK_GID, STAGE_GID, DROP_GID = "block", "stage", "stochastic_depth"  # patch gids, for tests and for reading a figure
 
 
 def _layer_label(name: str, layer: nn.Module) -> str:
@@ -81,34 +83,61 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
+def _fitting(span: float, *labels: str) -> str:
+    """The longest of `labels` that fits, written at 90 degrees, along `span` rows of `plot_block`."""
+    return next((label for label in labels if 0.075 * len(label) <= 0.62 * span), labels[-1])
+
+
 def plot_block(block: MBConv | FusedMBConv, size: int, *, title: str | None = None, ax: Axes | None = None) -> Figure:
-    """One block, top to bottom: its layers with the shape after each, the residual on the right."""
+    """One block, top to bottom: its layers with the shape after each, then, where the block has a
+    residual, the stochastic-depth step on that branch and the identity shortcut on the left.
+
+    Stochastic depth acts on the residual branch F(x), the layers drawn in the column: in training
+    it zeroes F(x) for a sample with probability p and scales it by 1/(1-p) otherwise; the shortcut
+    x is always added. The figure says so where it happens, on the branch.
+    """
     rows = describe_layers(block, size)
     kind = "MBConv" if isinstance(block, MBConv) else "Fused-MBConv"
+    extra = 2 if block.has_residual else 1  # (stochastic depth and) the sum, or the "no residual" note
     if ax is None:
-        _, ax = plt.subplots(figsize=(9, 1.0 + 0.95 * len(rows)), layout="constrained")
+        _, ax = plt.subplots(figsize=(8.2, 0.55 + 0.62 * (len(rows) + extra)), layout="constrained")
     color = BLOCK_COLORS["mbconv" if isinstance(block, MBConv) else "fused"]
     ys = [len(rows) - i for i in range(len(rows))]
     for (label, shape), y in zip(rows, ys, strict=True):
         is_input = label == "input"
-        _box(ax, 0, y, 7.6, 0.5, "input" if is_input else label, "white" if is_input else color, BLOCK_GID)
-        ax.text(3.95, y - 0.38, _shape(shape), fontsize=9, color="0.3", ha="left")
+        _box(ax, 0, y, 7.6, 0.56, "input" if is_input else label, "white" if is_input else color, BLOCK_GID)
+        ax.text(3.95, y, _shape(shape), fontsize=9, color="0.3", ha="left", va="center")
     for y0, y1 in zip(ys, ys[1:], strict=False):
-        ax.annotate("", (0, y1 + 0.27), (0, y0 - 0.27), arrowprops=dict(arrowstyle="->", color="0.3"))
-    bottom = ys[-1] - 1
+        ax.annotate("", (0, y1 + 0.3), (0, y0 - 0.3), arrowprops=dict(arrowstyle="->", color="0.3"))
     if block.has_residual:
         p = block.stochastic_depth.p
-        ax.plot([-4.2, -4.2], [ys[0], bottom], color="C2", linewidth=2)
-        ax.annotate("", (-0.35, bottom), (-4.2, bottom), arrowprops=dict(arrowstyle="->", color="C2", linewidth=2))
-        ax.text(-4.3, (ys[0] + bottom) / 2, f"residual\n(branch dropped\nwith p = {p:.3g}\nin training)",
-                ha="right", va="center", fontsize=9, color="C2")
-        ax.annotate("", (0, bottom + 0.3), (0, ys[-1] - 0.27), arrowprops=dict(arrowstyle="->", color="0.3"))
-        ax.text(0, bottom, "+", ha="center", va="center", fontsize=16, color="C2",
-                bbox=dict(boxstyle="circle", facecolor="white", edgecolor="C2"))
+        y_drop, y_sum = ys[-1] - 1, ys[-1] - 1.85
+        ax.add_patch(FancyBboxPatch((-3.8, y_drop - 0.28), 7.6, 0.56, boxstyle="round,pad=0.02", facecolor="white",
+                                    edgecolor="C3", linestyle="--", linewidth=1.5, gid=DROP_GID))
+        ax.text(0, y_drop, f"stochastic depth on this branch F(x): in training, p = {p:.3g} per sample\n"
+                           f"F(x) -> 0 with probability p, else F(x) / (1 - p); identity in eval",
+                ha="center", va="center", fontsize=9, color="C3")
+        ax.annotate("", (0, y_drop + 0.3), (0, ys[-1] - 0.3), arrowprops=dict(arrowstyle="->", color="0.3"))
+        ax.annotate("", (0, y_sum + 0.2), (0, y_drop - 0.3), arrowprops=dict(arrowstyle="->", color="0.3"))
+        ax.plot([-4.15, -4.15], [ys[0], y_sum], color="C2", linewidth=2)
+        ax.plot([-3.8, -4.15], [ys[0], ys[0]], color="C2", linewidth=2)
+        ax.annotate("", (-0.22, y_sum), (-4.15, y_sum), arrowprops=dict(arrowstyle="->", color="C2", linewidth=2))
+        ax.text(-4.3, (ys[0] + y_sum) / 2, _fitting(ys[0] - y_sum, "identity shortcut x: always added, never dropped",
+                                                    "identity shortcut x, never dropped", "shortcut x"),
+                rotation=90, ha="right", va="center", fontsize=9, color="C2")
+        ax.text(0, y_sum, "+", ha="center", va="center", fontsize=14, color="C2",
+                bbox=dict(boxstyle="circle,pad=0.15", facecolor="white", edgecolor="C2"))
+        ax.text(0.35, y_sum, "x + F(x)", ha="left", va="center", fontsize=9, color="C2")
+        ax.plot([5.45, 5.45], [ys[1] + 0.28, y_drop - 0.28], color="C3", linewidth=1.5)
+        branch_label = _fitting(ys[1] - y_drop + 0.56, "residual branch F(x)", "F(x)")
+        ax.text(5.6, (ys[1] + y_drop) / 2, branch_label, rotation=90, ha="left", va="center", fontsize=9, color="C3")
+        bottom = y_sum - 0.3
     else:
-        ax.text(0, bottom + 0.45, "no residual (stride or width changes)", ha="center", fontsize=9, color="0.4")
-    ax.set_xlim(-6.8, 6.2)
-    ax.set_ylim(bottom - 0.6, ys[0] + 0.7)
+        ax.text(0, ys[-1] - 0.75, "no residual (stride or width changes): the output is F(x), nothing to drop",
+                ha="center", va="center", fontsize=9, color="0.4")
+        bottom = ys[-1] - 1.0
+    ax.set_xlim(-4.75, 5.95)
+    ax.set_ylim(bottom, ys[0] + 0.4)
     ax.axis("off")
     ax.set_title(title or f"{kind} at {size} x {size} px: [C, H, W] after each layer")
     return ax.figure
@@ -197,25 +226,47 @@ def plot_family(models: Mapping[str, EfficientNetV2 | ModelSpec] | Sequence[Effi
 
 
 def plot_stochastic_depth(model: EfficientNetV2, *, ax: Axes | None = None) -> Figure:
-    """Drop probability of each block's residual branch, as the built network holds it."""
+    """Drop probability of each block's residual branch F(x), as the built network holds it.
+
+    One bar per block in network order, coloured by stage, the stages named under the axis. Blocks
+    without a residual (the first of a stage that changes the stride or the width) have no branch to
+    drop: they are drawn as short hatched marks at p = 0. The dashed line is the rule the
+    probabilities were set by, p_i = p_max * i / n with p_max read back from the last block that
+    has a residual (0.2 in EfficientNetV2).
+    """
     if not isinstance(model, EfficientNetV2):
         raise TypeError(f"model must be an EfficientNetV2, got {type(model).__name__}")
     if ax is None:
-        _, ax = plt.subplots(figsize=(10, 3.2), layout="constrained")
-    index = 0
-    for i, stage in enumerate(model.stages):
-        for block in stage:
-            depth = next(m for m in block.modules() if isinstance(m, StochasticDepth))
-            color = f"C{i % 10}"
-            if block.has_residual:
-                ax.bar(index, depth.p, color=color, gid=BLOCK_GID)
-            else:  # nothing to drop: the branch is the whole output
-                ax.bar(index, 0.004, color="white", edgecolor=color, hatch="///", gid=BLOCK_GID)
-            index += 1
-        ax.text(index - len(stage) / 2 - 0.5, -0.02, f"stage {i + 1}", ha="center", va="top", fontsize=9)
-    ax.set(xlabel="block (network order)", ylabel="drop probability p",
-           title=f"{model.name}: stochastic depth per block (hatched: no residual, never dropped)")
-    ax.set_xlim(-1, index)
-    ax.set_ylim(-0.06, None)
-    ax.set_xticks([])
+        _, ax = plt.subplots(figsize=(9, 2.9), layout="constrained")
+    blocks = [(i, block) for i, stage in enumerate(model.stages) for block in stage]
+    n = len(blocks)
+    probabilities = [next(m for m in block.modules() if isinstance(m, StochasticDepth)).p for _, block in blocks]
+    top = max(probabilities, default=0.0) or 1.0
+    centres, labels = [], []
+    for index, ((stage, block), p) in enumerate(zip(blocks, probabilities, strict=True)):
+        color = f"C{stage % 10}"
+        if block.has_residual:
+            ax.bar(index, p, color=color, gid=BLOCK_GID)
+        else:  # nothing to drop: without a residual the branch is the whole output
+            ax.bar(index, 0.03 * top, color="white", edgecolor=color, hatch="///", gid=BLOCK_GID)
+    start = 0
+    for stage_index, stage in enumerate(model.stages):
+        centres.append(start + (len(stage) - 1) / 2)
+        labels.append(f"stage {stage_index + 1}")
+        if start:
+            ax.axvline(start - 0.5, color="0.85", linewidth=0.8, zorder=0)
+        start += len(stage)
+    last = max((i for i, (_, block) in enumerate(blocks) if block.has_residual and i), default=None)
+    if last is not None and probabilities[last] > 0:
+        p_max = probabilities[last] * n / last
+        ax.plot([-0.5, n - 0.5], [p_max * -0.5 / n, p_max * (n - 0.5) / n], "--", color="0.45", linewidth=1,
+                label=f"rule: p_i = {p_max:.2g} i / n  (i = 0..{n - 1}, n = {n} blocks)")
+    handles = ax.get_legend_handles_labels()[0]
+    handles.append(Patch(facecolor="white", edgecolor="0.4", hatch="///", label="no residual: nothing to drop, p = 0"))
+    ax.legend(handles=handles, loc="upper left", fontsize=9, frameon=False)
+    ax.set_xticks(centres, labels, fontsize=9)
+    ax.tick_params(axis="x", length=0)
+    ax.set(ylabel="drop probability p", xlim=(-0.7, n - 0.3), ylim=(0, 1.12 * top),
+           title=f"{model.name}: probability that a block's residual branch is dropped in training")
+    ax.spines[["top", "right"]].set_visible(False)
     return ax.figure

@@ -4,7 +4,15 @@ import pytest
 
 from effv2_lib import MODEL_SPECS, efficientnetv2_cifar, efficientnetv2_s, scale_spec
 from effv2_lib.blocks import FusedMBConv, MBConv
-from effv2_lib.diagrams import BLOCK_GID, describe_layers, plot_block, plot_family, plot_network, plot_stochastic_depth
+from effv2_lib.diagrams import (
+    BLOCK_GID,
+    DROP_GID,
+    describe_layers,
+    plot_block,
+    plot_family,
+    plot_network,
+    plot_stochastic_depth,
+)
 
 pytestmark = pytest.mark.usefixtures("close_figures")
 
@@ -50,9 +58,26 @@ def test_block_figure_draws_the_residual_only_where_there_is_one():
     assert "no residual" in texts(plot_block(FusedMBConv(24, 48, expand_ratio=4, stride=2), 8))
 
 
+def test_block_figure_drops_the_residual_branch_not_the_identity_shortcut():
+    fig = plot_block(MBConv(32, 32, stochastic_depth_prob=0.1), 8)
+    ax = fig.axes[0]
+    (drop,) = patches(fig, DROP_GID)  # the stochastic-depth step, drawn in the column of the branch's layers
+    layers = patches(fig)
+    assert drop.get_x() == pytest.approx(layers[-1].get_x())
+    assert drop.get_y() < min(p.get_y() for p in layers)  # after the last layer, before the sum
+    shortcut = [t for t in ax.texts if "shortcut" in t.get_text()]
+    assert len(shortcut) == 1 and "never dropped" in shortcut[0].get_text()
+    assert shortcut[0].get_position()[0] < drop.get_x()  # the shortcut runs left of the branch
+    (on_branch,) = [t for t in ax.texts if "stochastic depth" in t.get_text()]
+    assert on_branch.get_position()[0] == 0 and "F(x) -> 0 with probability p" in on_branch.get_text()
+    short = texts(plot_block(FusedMBConv(24, 24, expand_ratio=1, stochastic_depth_prob=0.05), 8))
+    assert "shortcut x" in short and "p = 0.05" in short  # a short block gets labels that fit
+
+
 def test_stochastic_depth_bars_are_the_networks_own_probabilities():
     model = efficientnetv2_s()
-    bars = patches(plot_stochastic_depth(model))
+    fig = plot_stochastic_depth(model)
+    bars = patches(fig)
     blocks = [block for stage in model.stages for block in stage]
     assert len(bars) == 40
     for bar, block in zip(bars, blocks, strict=True):
@@ -60,6 +85,13 @@ def test_stochastic_depth_bars_are_the_networks_own_probabilities():
             assert bar.get_height() == pytest.approx(block.stochastic_depth.p)
         else:
             assert bar.get_hatch() == "///"  # never dropped: no sawtooth through a missing residual
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"stage {i}" for i in range(1, 7)]
+    assert ax.get_ylim()[0] == 0  # no empty band below the bars
+    (rule,) = ax.get_lines()[-1:]
+    assert "0.2 i / n" in rule.get_label() and "n = 40" in rule.get_label()
+    with pytest.raises(TypeError):
+        plot_stochastic_depth(model.spec)
 
 
 def test_the_family_figure_draws_every_block_of_every_network_at_one_scale():
