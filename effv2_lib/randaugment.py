@@ -25,41 +25,87 @@ the op table that reads it, and this module offers two (``randaug_ops`` in a sch
     there `TorchvisionRandAugment` is torchvision's RandAugment at ``magnitude=round(3 * m)``,
     ``num_magnitude_bins=31`` (the tests check this pixel for pixel).
 
-``"automl"`` (the ``automl-*`` presets and ``rule="automl"``, `AutomlRandAugment`)
+``"automl"`` (the ``automl-*`` and ``paper-*`` presets, `AutomlRandAugment`)
     the official code's table: 16 ops (with Invert, Cutout and SolarizeAdd, without Identity),
-    each reading the level with autoaugment.py's formula (``level_to_arg``), level / 10 = l:
+    each reading the level with autoaugment.py's formula (``level_to_arg``), level / 10 = l, as
+    TensorFlow executes it:
 
     ============================  ===========================  ===============================
-    op                            argument                     level 5 / 10 / 15
+    op                            argument                     level 5 / 10 / 15 / 20 / 25
     ============================  ===========================  ===============================
-    Rotate                        30 l degrees, random sign    15 / 30 / 45 degrees
-    ShearX, ShearY                0.3 l, random sign           0.15 / 0.3 / 0.45
-    TranslateX, TranslateY        100 l px (ImageNet), sign    50 / 100 / 150 px at 224 px
-    Brightness, Color,            factor 1.8 l + 0.1, no sign  1.0 (identity) / 1.9 / 2.8
-    Contrast, Sharpness
-    Posterize                     int(4 l) bits kept           2 / 4 / 6 bits (milder as l rises)
-    Solarize                      threshold int(256 l)         128 / 256 / 384 (no effect >= 256)
-    SolarizeAdd                   + int(110 l) below 128       55 / 110 / 165
-    Cutout                        square of side 2 int(40 l)   40 / 80 / 120 px at 224 px
+    Rotate                        30 l degrees, random sign    15 / 30 / 45 / 60 / 75 degrees
+    ShearX, ShearY                0.3 l, random sign           0.15 / 0.3 / 0.45 / 0.6 / 0.75
+    TranslateX, TranslateY        100 l px (ImageNet), sign    50 / 100 / 112 (cap) px at 224 px
+    Brightness, Color,            factor 1.8 l + 0.1, no sign  1.0 (identity) / 1.9 / 2.8 / 3.7
+    Contrast, Sharpness                                        / 4.6
+    Posterize                     int(4 l) bits, TF: 1 to 8    2 / 4 / 6 / 8 / 1 bits kept
+    Solarize                      int(256 l) modulo 256        128 / 0 / 128 / 0 / 128
+    SolarizeAdd                   + int(110 l) below 128       55 / 110 / 165 / 220 / 275
+    Cutout                        square of side 2 int(40 l)   40 / 80 / 120 / 160 / 200 px at 224
     AutoContrast, Equalize,       none                         -
     Invert
     ============================  ===========================  ===============================
+
+    Two rows are what TensorFlow makes of the code, not what the code meant. Solarize: the
+    code compares a uint8 image with the Python int int(256 l), meaning a threshold that rises
+    with the level, so that Solarize acts on fewer pixels and stops at level 10 (AutoAugment's
+    PIL convention). TensorFlow converts the int to uint8, which wraps modulo 256: at level 10
+    (automl-s's last stage) and 20 (automl-l's) the threshold is 0 and every pixel is inverted,
+    at 15 and 25 it is 128 again (`tf_solarize_threshold`; public since google-research/big_vision
+    issue 110). Posterize: ``right_shift(image, 8 - bits)`` converts the shift to uint8 and the
+    kernel clamps it to [0, 7], so below level 2.5 (0 bits asked) and from level 22.5 (9 or 10
+    bits asked, a negative shift) one bit is kept (`tf_posterize_bits`). The table follows
+    TensorFlow: the official models were trained that way.
 
     Translate and Cutout are absolute pixel counts in automl (``translate_const=100``,
     ``cutout_const=40``), the same at every training size. Ours are scaled to the image: the
     constants are read as pixels of a 224 px image (`AUTOML_REFERENCE_SIZE`, the ImageNet size
     the TF AutoAugment/RandAugment code was written for; our choice) and multiplied by
     side / 224, so at CIFAR's 32 px level 10 translates 14.3 px and cuts out a 10 px square.
-    Other departures: Posterize keeps at most 8 bits (automl's formula asks for 10 at level 25,
-    a negative shift); Contrast blends towards the image's mean grey (PIL's and torchvision's
-    definition), where autoaugment.py's ``contrast`` divides the histogram's pixel count by 256
-    and so blends towards a constant H * W / 256 grey; the ops are torchvision's functional ops
-    (nearest interpolation, grey 128 fill, as TF), not bit-exact ports of the TF kernels. As in
-    automl, below level 2.5 Posterize keeps 0 bits, a black image.
+    Translations are capped at half the side (ours; `_automl_translate` says why).
+
+    Checked against TensorFlow itself (``scripts/compare_tf_randaugment.py``, TensorFlow 2.21.0
+    CPU, google/automl 6a54c87, tensorflow_addons' three image ops replaced by stand-ins on
+    TF's own ImageProjectiveTransformV3 kernel; 64 CIFAR-10 test images at 32 px and, upscaled,
+    at 224 px; levels 2, 5, 10, 15, 20, 25, both signs; run 2026-12-03 with ``python
+    scripts/compare_tf_randaugment.py --autoaugment automl/efficientnetv2/autoaugment.py
+    --tf-python /tmp/tfvenv/bin/python --data cifar10/test.npz``). Max / mean absolute
+    difference in grey levels, and the share of pixel values that differ, over all six levels:
+
+    ==================================  =============================================================
+    op                                  difference from TensorFlow (32 px and 224 px)
+    ==================================  =============================================================
+    Rotate, Equalize, Invert,           none (Rotate at 224 px: a few pixels at exact half-pixel
+    Posterize, Solarize, SolarizeAdd,   ties, 0.0% of values)
+    Brightness, Translate, Cutout
+    AutoContrast                        at most 1, on 1.5% of values (rounding)
+    Color, Sharpness                    at most 4 (level 25), mean below 1.3 (rounding, grows with
+                                        the factor)
+    ShearX, ShearY                      mean 0.2-1.5 on 1.4-7.7% of values at 32 px, 0.02-0.2 on
+                                        0.1-1.0% at 224 px, none at level 20: only at pixels whose
+                                        source lies exactly halfway between two pixels (TF rounds
+                                        those up, torch's grid_sample to even)
+    Contrast                            mean 63-113 at 32 px, 41-69 at 224 px (0 at level 5, the
+                                        identity): the departure below
+    Translate, Cutout with automl's     mean 28-53 (Translate) and 10-51 (Cutout) at 32 px: the
+    absolute px at 32 px                scaling to the image and the cap, departures by design
+    ==================================  =============================================================
+
+    The comparison also found, and the table now follows, that TensorFlow shears about the first
+    pixel's centre (3.6 grey levels of mean difference at level 20, 32 px, when we sheared about
+    its corner) and that automl's +m translate moves the content left / up (the sign is random,
+    so the distribution was the same). Departures that remain: Contrast blends towards the
+    image's mean grey (PIL's and torchvision's definition), where autoaugment.py's ``contrast``
+    divides the histogram's pixel count by 256 and so blends towards a constant H * W / 256 grey
+    (4 at 32 px, 196 at 224 px): the large Contrast row above; Translate and Cutout scale with
+    the image, Translate is capped; shear ties round differently; the ops are torchvision's
+    functional ops (nearest interpolation, grey 128 fill, as TF), not ports of the TF kernels.
 
 Magnitude 0 is an exact no-op in both tables: `effv2_lib.augment.train_transform` then leaves
 RandAugment out and `batched_rand_augment` returns its input (torchvision's RandAugment at
-magnitude 0 would still apply the magnitude-free ops, and automl's at level 0 darkens to 10%).
+magnitude 0 would still apply the magnitude-free ops; automl's at level 0 would too, and its
+Brightness would darken to 10%, its Color, Contrast and Sharpness would use factor 0.1, its
+Posterize keep 1 bit and its Solarize invert every pixel).
 
 Per image, on the CPU and batched on a device
 ---------------------------------------------
@@ -83,7 +129,8 @@ from .schedule import RANDAUG_OP_TABLES
 
 __all__ = ["TorchvisionRandAugment", "AutomlRandAugment", "RANDAUGMENTS", "RANDAUG_OP_TABLES", "batched_rand_augment",
            "randaug_op_table", "automl_op_table", "randaug_to_torchvision", "draw_randaug_groups",
-           "RANDAUG_OPS", "AUTOML_OPS", "MAX_PAPER_LEVEL", "RANDAUG_FILL"]
+           "RANDAUG_OPS", "AUTOML_OPS", "MAX_PAPER_LEVEL", "RANDAUG_FILL", "cutout_at",
+           "tf_solarize_threshold", "tf_posterize_bits"]
 
 TF_MAX_LEVEL = 10            # TF RandAugment's nominal maximum level (the paper's scale)
 TORCHVISION_BINS = 31        # torchvision's default num_magnitude_bins; bin 30 == TF level 10
@@ -94,6 +141,7 @@ RANDAUG_FILL = 128           # grey, the fill value of the TF RandAugment (``rep
 AUTOML_TRANSLATE_CONST = 100
 AUTOML_CUTOUT_CONST = 40
 AUTOML_REFERENCE_SIZE = 224
+TF_PIXEL_CENTRE = 0.5        # TF's transforms put pixel k's centre at k, torchvision's at k + 0.5
 
 
 def check_level(level) -> float:
@@ -170,12 +218,17 @@ class TorchvisionRandAugment(v2.RandAugment):
         self.level = float(level)
 
 
-def _shear(images: torch.Tensor, m: float, axis: int, fill, mode) -> torch.Tensor:
-    """TF's shear by the matrix entry m; torchvision takes the angle atan(m), about the corner."""
+def _shear(images: torch.Tensor, m: float, axis: int, fill, mode, centre: float = 0.0) -> torch.Tensor:
+    """Shear by the matrix entry m; torchvision takes the angle atan(m).
+
+    The shear is about the point (centre, centre) in torchvision's pixel coordinates, where
+    pixel k spans [k, k + 1]: torchvision's RandAugment shears about 0, the corner of the first
+    pixel; TensorFlow's transform (tensorflow_addons, used by automl) about its centre, 0.5.
+    """
     angle = math.degrees(math.atan(m))
     return TF.affine(images, angle=0.0, translate=[0, 0], scale=1.0,
                      shear=[angle, 0.0] if axis == 0 else [0.0, angle],
-                     interpolation=mode, fill=fill, center=[0, 0])
+                     interpolation=mode, fill=fill, center=[centre, centre])
 
 
 # How torchvision's RandAugment applies each op at a signed magnitude m to a uint8 tensor, written
@@ -221,11 +274,47 @@ def randaug_op_table(level: float, height: int, width: int) -> list:
 
 # --- automl's ops ---------------------------------------------------------------------------------
 
+def tf_solarize_threshold(threshold: int) -> int:
+    """The threshold autoaugment.py's ``solarize`` really compares with: int(256 l) modulo 256.
+
+    ``tf.where(image < threshold, image, 255 - image)`` compares a uint8 image with a Python
+    int, and TensorFlow converts the int to the image's dtype, uint8, which wraps modulo 256
+    (TF 2.21: ``uint8 image < 256`` is False everywhere). So 256 (level 10) and 512 (level 20)
+    become 0 and invert every pixel, 384 (level 15) and 640 (level 25) become 128.
+    """
+    return int(threshold) % 256
+
+
+def tf_posterize_bits(bits: int) -> int:
+    """The bits autoaugment.py's ``posterize`` really keeps when asked for `bits`: 1 to 8.
+
+    ``right_shift(image, 8 - bits)`` converts the shift to uint8 (so -1 becomes 255) and
+    TensorFlow's shift kernels clamp it to [0, 7] (the width of uint8 minus one). Asking for
+    0 bits (levels below 2.5) or for 9 or 10 (levels from 22.5) therefore keeps 1 bit.
+    """
+    shift = (8 - int(bits)) % 256                                    # the uint8 the kernel gets
+    return 8 - min(shift, 7)
+
+
+def _automl_translate(fraction: float, side: int) -> float:
+    """automl's translate_const read at 224 px, scaled to `side`, capped at half the side.
+
+    The cap is ours. Uncapped, the 224 px reading moves the content 112% of the side at level 25
+    (paper-l's last stage), out of the image, leaving a flat grey one. The official code moves an
+    absolute 100 l px at its own training sizes: at 300 px (V2-S) and 384 px (V2-M, V2-L) that is
+    33% and 26% of the side at level 10, 52% at most (V2-L's level 20 at 384 px), so half the
+    side keeps ours within its range.
+    """
+    return min(fraction * AUTOML_TRANSLATE_CONST * side / AUTOML_REFERENCE_SIZE, side / 2)
+
+
 def automl_op_table(level: float, height: int, width: int) -> list[tuple[str, float, bool]]:
     """automl's RandAugment ops at `level` for H x W images: [(op, argument, signed)], in the
     order of autoaugment.py's ``available_ops``. Arguments follow ``level_to_arg`` with l =
-    level / 10; Translate and Cutout are scaled from 224 px to the image (module docstring).
-    Posterize is capped at 8 bits. A signed op gets a random sign per application."""
+    level / 10, as TensorFlow executes them: Solarize's threshold wraps modulo 256 and
+    Posterize keeps 1 to 8 bits (`tf_solarize_threshold`, `tf_posterize_bits`). Translate and
+    Cutout are scaled from 224 px to the image (module docstring). A signed op gets a random
+    sign per application."""
     level = check_level(level)
     fraction = level / TF_MAX_LEVEL                                  # automl: level / _MAX_LEVEL
     enhance = fraction * 1.8 + 0.1
@@ -234,36 +323,46 @@ def automl_op_table(level: float, height: int, width: int) -> list[tuple[str, fl
         ("Equalize", 0.0, False),
         ("Invert", 0.0, False),
         ("Rotate", fraction * 30.0, True),                                          # degrees
-        ("Posterize", float(min(int(fraction * 4), 8)), False),                     # bits kept
-        ("Solarize", float(int(fraction * 256)), False),                            # threshold
+        ("Posterize", float(tf_posterize_bits(int(fraction * 4))), False),          # bits kept
+        ("Solarize", float(tf_solarize_threshold(int(fraction * 256))), False),     # threshold
         ("Color", enhance, False),
         ("Contrast", enhance, False),
         ("Brightness", enhance, False),
         ("Sharpness", enhance, False),
         ("ShearX", fraction * 0.3, True),
         ("ShearY", fraction * 0.3, True),
-        ("TranslateX", fraction * AUTOML_TRANSLATE_CONST * width / AUTOML_REFERENCE_SIZE, True),   # px
-        ("TranslateY", fraction * AUTOML_TRANSLATE_CONST * height / AUTOML_REFERENCE_SIZE, True),
+        ("TranslateX", _automl_translate(fraction, width), True),                   # px
+        ("TranslateY", _automl_translate(fraction, height), True),
         ("Cutout", float(int(fraction * AUTOML_CUTOUT_CONST * min(height, width) / AUTOML_REFERENCE_SIZE)),
          False),                                                                    # half side, px
         ("SolarizeAdd", float(int(fraction * 110)), False),                         # added below 128
     ]
 
 
-def _cutout(images: torch.Tensor, pad: float, fill, generator: torch.Generator | None) -> torch.Tensor:
-    """automl's cutout per image: a (2 pad)-side square around a uniform centre, clipped to the
-    image, set to `fill`. images uint8 [B, C, H, W]."""
+def cutout_at(images: torch.Tensor, pad: int, fill, centre_y: torch.Tensor, centre_x: torch.Tensor
+              ) -> torch.Tensor:
+    """automl's cutout around given centres: rows [cy - pad, cy + pad) and columns
+    [cx - pad, cx + pad), clipped to the image, set to `fill` in every channel.
+    images uint8 [B, C, H, W]; centre_y, centre_x int64 [B] (autoaugment.py draws them uniformly
+    in [0, H) and [0, W), as `AUTOML_OPS` does; given here so that a comparison can reuse TF's)."""
     batch, _, height, width = images.shape
-    pad = int(pad)
-    if pad == 0:
-        return images
-    centre_y = torch.randint(height, (batch, 1, 1, 1), device=images.device, generator=generator)
-    centre_x = torch.randint(width, (batch, 1, 1, 1), device=images.device, generator=generator)
+    centre_y, centre_x = centre_y.view(batch, 1, 1, 1), centre_x.view(batch, 1, 1, 1)
     rows = torch.arange(height, device=images.device).view(1, 1, height, 1)
     cols = torch.arange(width, device=images.device).view(1, 1, 1, width)
     inside = ((rows >= centre_y - pad) & (rows < centre_y + pad)
               & (cols >= centre_x - pad) & (cols < centre_x + pad))                 # [B, 1, H, W]
     return images.masked_fill(inside, fill)
+
+
+def _cutout(images: torch.Tensor, pad: float, fill, generator: torch.Generator | None) -> torch.Tensor:
+    """automl's cutout per image: a (2 pad)-side square around a uniform centre (`cutout_at`)."""
+    batch, _, height, width = images.shape
+    pad = int(pad)
+    if pad == 0:
+        return images
+    centre_y = torch.randint(height, (batch,), device=images.device, generator=generator)
+    centre_x = torch.randint(width, (batch,), device=images.device, generator=generator)
+    return cutout_at(images, pad, fill, centre_y, centre_x)
 
 
 # How each automl op applies its argument m (signed already) to uint8 [B, C, H, W]:
@@ -279,12 +378,13 @@ AUTOML_OPS = {
     "Contrast": lambda x, m, fill, mode, g: TF.adjust_contrast(x, m),
     "Brightness": lambda x, m, fill, mode, g: TF.adjust_brightness(x, m),
     "Sharpness": lambda x, m, fill, mode, g: TF.adjust_sharpness(x, m),
-    "ShearX": lambda x, m, fill, mode, g: _shear(x, m, 0, fill, mode),
-    "ShearY": lambda x, m, fill, mode, g: _shear(x, m, 1, fill, mode),
+    "ShearX": lambda x, m, fill, mode, g: _shear(x, m, 0, fill, mode, TF_PIXEL_CENTRE),
+    "ShearY": lambda x, m, fill, mode, g: _shear(x, m, 1, fill, mode, TF_PIXEL_CENTRE),
+    # automl's translate_x(image, pixels) translates by -pixels: +m moves the content left / up
     "TranslateX": lambda x, m, fill, mode, g: TF.affine(
-        x, angle=0.0, translate=[m, 0.0], scale=1.0, shear=[0.0, 0.0], interpolation=mode, fill=fill),
+        x, angle=0.0, translate=[-m, 0.0], scale=1.0, shear=[0.0, 0.0], interpolation=mode, fill=fill),
     "TranslateY": lambda x, m, fill, mode, g: TF.affine(
-        x, angle=0.0, translate=[0.0, m], scale=1.0, shear=[0.0, 0.0], interpolation=mode, fill=fill),
+        x, angle=0.0, translate=[0.0, -m], scale=1.0, shear=[0.0, 0.0], interpolation=mode, fill=fill),
     "Cutout": lambda x, m, fill, mode, g: _cutout(x, m, fill, g),
     "SolarizeAdd": lambda x, m, fill, mode, g: torch.where(                          # threshold 128
         x < 128, (x.to(torch.int16) + int(m)).clamp(0, 255).to(x.dtype), x),

@@ -2,7 +2,9 @@
 
 Expected values are derived by hand from autoaugment.py's ``level_to_arg`` with l = level / 10
 (``_MAX_LEVEL`` = 10) and ``distort_image_with_randaugment``'s constants (translate_const=100,
-cutout_const=40, replace=128), scaled from 224 px to the image as effv2_lib.randaugment states.
+cutout_const=40, replace=128), scaled from 224 px to the image as effv2_lib.randaugment states,
+and read as TensorFlow executes them (Solarize's threshold modulo 256, Posterize's shift clamped
+to [0, 7]). scripts/compare_tf_randaugment.py checks the ops against TensorFlow itself.
 """
 
 import pytest
@@ -30,11 +32,11 @@ AUTOML_AT_224 = {
     "AutoContrast": (0, 0, 0), "Equalize": (0, 0, 0), "Invert": (0, 0, 0),
     "Rotate": (15, 30, 45),                      # (l * 30) degrees
     "Posterize": (2, 4, 6),                      # int(l * 4) bits
-    "Solarize": (128, 256, 384),                 # int(l * 256)
+    "Solarize": (128, 0, 128),                   # int(l * 256) as uint8: 128, 256 -> 0, 384 -> 128
     "Color": (1.0, 1.9, 2.8), "Contrast": (1.0, 1.9, 2.8),   # l * 1.8 + 0.1
     "Brightness": (1.0, 1.9, 2.8), "Sharpness": (1.0, 1.9, 2.8),
     "ShearX": (0.15, 0.3, 0.45), "ShearY": (0.15, 0.3, 0.45),   # l * 0.3
-    "TranslateX": (50, 100, 150), "TranslateY": (50, 100, 150),  # l * translate_const
+    "TranslateX": (50, 100, 112), "TranslateY": (50, 100, 112),  # l * translate_const, at most half the side
     "Cutout": (20, 40, 60),                      # int(l * cutout_const), half the side
     "SolarizeAdd": (55, 110, 165),               # int(l * 110)
 }
@@ -57,30 +59,51 @@ def test_automl_table_follows_level_to_arg(column, level):
 
 
 @pytest.mark.parametrize("level, translate, cutout", [(5, 50 * 32 / 224, 2), (10, 100 * 32 / 224, 5),
-                                                      (15, 150 * 32 / 224, 8)])
+                                                      (15, 16, 8), (25, 16, 14)])   # 21.4, 35.7 px: capped
 def test_translate_and_cutout_scale_from_224_px_to_the_image(level, translate, cutout):
     table = {op: magnitude for op, magnitude, _ in automl_op_table(level, 32, 32)}
     assert table["TranslateX"] == pytest.approx(translate) and table["TranslateY"] == pytest.approx(translate)
-    assert table["Cutout"] == cutout                                 # int(2.86), int(5.71), int(8.57)
+    assert table["Cutout"] == cutout                                 # int(2.86), int(5.71), int(8.57), int(14.3)
     assert table["Rotate"] == 3 * level                              # the angle does not scale
 
 
-def test_posterize_is_capped_at_eight_bits_and_levels_are_validated():
-    assert dict((op, m) for op, m, _ in automl_op_table(25, 32, 32))["Posterize"] == 8   # int(10) -> 8
-    assert dict((op, m) for op, m, _ in automl_op_table(2, 32, 32))["Posterize"] == 0    # int(0.8): black
+@pytest.mark.parametrize("level, bits", [(0, 1), (2, 1), (2.5, 1), (5, 2), (20, 8), (22, 8), (22.5, 1), (25, 1)])
+def test_posterize_keeps_the_bits_tensorflow_keeps(level, bits):
+    # shift 8 - int(0.4 level) as uint8, clamped to [0, 7]: 8 -> 7 (level < 2.5), -1 -> 255 -> 7 (level >= 22.5)
+    assert dict((op, m) for op, m, _ in automl_op_table(level, 32, 32))["Posterize"] == bits
+
+
+@pytest.mark.parametrize("level, threshold", [(2, 51), (5, 128), (9, 230), (10, 0), (15, 128), (20, 0), (25, 128)])
+def test_solarize_threshold_wraps_modulo_256_as_in_tensorflow(level, threshold):
+    assert dict((op, m) for op, m, _ in automl_op_table(level, 32, 32))["Solarize"] == threshold
+
+
+def test_levels_are_validated():
     with pytest.raises(ValueError, match="randaug_magnitude"):
         automl_op_table(31, 32, 32)
 
 
 def test_rotate_and_shear_mean_the_same_in_both_tables(photos):
-    """The one place the tables agree: 3 degrees and 0.03 of shear per level."""
+    """The one place the tables agree: 3 degrees and 0.03 of shear per level. automl's shear is about
+    the first pixel's centre (TF), torchvision's about its corner: half a pixel apart."""
     for level in (3, 5, 10):
         automl = {op: m for op, m, _ in automl_op_table(level, 32, 32)}
         torchvision = {op: m for op, m, _ in randaug_op_table(level, 32, 32)}
         for op in ("Rotate", "ShearX", "ShearY"):
             assert automl[op] == pytest.approx(torchvision[op]), (op, level)
-            assert torch.equal(AUTOML_OPS[op](photos, automl[op], RANDAUG_FILL, NEAREST, None),
-                               RANDAUG_OPS[op](photos, torchvision[op], RANDAUG_FILL, NEAREST))
+        assert torch.equal(AUTOML_OPS["Rotate"](photos, automl["Rotate"], RANDAUG_FILL, NEAREST, None),
+                           RANDAUG_OPS["Rotate"](photos, torchvision["Rotate"], RANDAUG_FILL, NEAREST))
+
+
+def test_shear_is_about_the_first_pixels_centre():
+    # a column ramp sheared along x by m = 0.6 (level 20): row y reads column x + 0.6 y exactly when
+    # the shear is about the centre of pixel 0 (TF's transform), with no rounding ties for m = 0.6
+    ramp = torch.arange(16, dtype=torch.uint8).repeat(1, 3, 16, 1)          # [1, 3, 16, 16], value = column
+    out = AUTOML_OPS["ShearX"](ramp, 0.6, RANDAUG_FILL, NEAREST, None)[0, 0]
+    for y in range(16):
+        for x in range(16):
+            source = round(x + 0.6 * y)
+            assert int(out[y, x]) == (source if source < 16 else RANDAUG_FILL), (y, x)
 
 
 def apply(op, images, level, sign=1.0, generator=None):
@@ -90,12 +113,17 @@ def apply(op, images, level, sign=1.0, generator=None):
 
 def test_pixel_ops_at_hand_derived_arguments(photos):
     x = photos.int()
-    # Solarize: image < threshold stays, the rest becomes 255 - image; threshold 256 changes nothing
+    # Solarize: image < threshold stays, the rest becomes 255 - image. The threshold int(256 l) is
+    # meant to switch Solarize off from level 10 (256 > every pixel); TF reads it as uint8, so
+    # level 10 inverts every pixel and level 15 solarizes at 128 again
     assert torch.equal(apply("Solarize", photos, 5).int(), torch.where(x < 128, x, 255 - x))
-    assert torch.equal(apply("Solarize", photos, 10), photos) and torch.equal(apply("Solarize", photos, 15), photos)
-    # Posterize keeps the top int(l * 4) bits: 2 at level 5, 6 at level 15
+    assert torch.equal(apply("Solarize", photos, 10).int(), 255 - x)
+    assert torch.equal(apply("Solarize", photos, 15), apply("Solarize", photos, 5))
+    # Posterize keeps the top int(l * 4) bits: 2 at level 5, 6 at level 15, and at least 1
     assert torch.equal(apply("Posterize", photos, 5).int(), x & 0b11000000)
     assert torch.equal(apply("Posterize", photos, 15).int(), x & 0b11111100)
+    assert torch.equal(apply("Posterize", photos, 2).int(), x & 0b10000000)
+    assert torch.equal(apply("Posterize", photos, 25).int(), x & 0b10000000)
     # SolarizeAdd: + int(l * 110) below 128, clipped at 255
     assert torch.equal(apply("SolarizeAdd", photos, 15).int(), torch.where(x < 128, (x + 165).clamp(max=255), x))
     assert torch.equal(apply("Invert", photos, 5).int(), 255 - x)
@@ -108,11 +136,12 @@ def test_pixel_ops_at_hand_derived_arguments(photos):
 
 
 def test_translate_moves_whole_pixels_at_an_exact_level(photos):
-    # level 7 at 32 px: 0.7 * 100 * 32 / 224 = 10 px exactly
+    # level 7 at 32 px: 0.7 * 100 * 32 / 224 = 10 px exactly. As automl's translate_x(image, pixels)
+    # (tensorflow_addons' translate by -pixels), a positive argument moves the content left / up
     moved = apply("TranslateX", photos, 7)
-    assert torch.equal(moved[..., 10:], photos[..., :-10]) and bool((moved[..., :10] == RANDAUG_FILL).all())
+    assert torch.equal(moved[..., :-10], photos[..., 10:]) and bool((moved[..., -10:] == RANDAUG_FILL).all())
     back = apply("TranslateY", photos, 7, sign=-1.0)
-    assert torch.equal(back[..., :-10, :], photos[..., 10:, :]) and bool((back[..., -10:, :] == RANDAUG_FILL).all())
+    assert torch.equal(back[..., 10:, :], photos[..., :-10, :]) and bool((back[..., :10, :] == RANDAUG_FILL).all())
 
 
 def test_cutout_greys_a_square_of_twice_the_argument_around_a_random_centre():
@@ -177,10 +206,12 @@ def test_a_stage_picks_the_table_on_both_loaders():
     steps = train_transform(stage).transforms
     assert any(isinstance(t, AutomlRandAugment) and t.level == stage.randaug_magnitude for t in steps)
     assert not any(isinstance(t, TorchvisionRandAugment) for t in steps)
-    paper = ProgressiveSchedule.from_preset("paper-m", 8).stages[-1]
-    assert any(isinstance(t, TorchvisionRandAugment) for t in train_transform(paper).transforms)
+    paper = ProgressiveSchedule.from_preset("paper-m", 8).stages[-1]    # Table 6 read with automl's table
+    assert paper.randaug_ops == "automl"
+    cifar = ProgressiveSchedule.from_preset("cifar10", 8).stages[-1]
+    assert any(isinstance(t, TorchvisionRandAugment) for t in train_transform(cifar).transforms)
     split = load_cifar(prefer_sample=True).train
     loader = DeviceLoader(split, 16, device="cpu", image_size=stage, generator=torch.Generator().manual_seed(0))
     assert (loader.randaug_ops, loader.cutmix_alpha, loader.mixup_alpha) == ("automl", 0.2, 0.2)
-    loader.set_stage(paper)
+    loader.set_stage(cifar)
     assert (loader.randaug_ops, loader.cutmix_alpha) == ("torchvision", 0.0)
