@@ -159,7 +159,7 @@ def _schedule_table_html(schedule: ProgressiveSchedule, stage_times: Sequence[fl
         header.append("predicted time")
     title = (f"{html.escape(schedule.name or 'schedule')}: {schedule.total_epochs} epochs in "
              f"{schedule.num_stages} stage{'s' if schedule.num_stages > 1 else ''} "
-             f"(rule: {schedule.rule})")
+             f"(rule: {schedule.rule}), {schedule.randaug_ops} RandAugment ops")
     return (
         '<table style="border-collapse: collapse; text-align: right">'
         f'<caption style="text-align: left; font-weight: bold">{title}</caption>'
@@ -205,7 +205,8 @@ class ScheduleExplorer:
       its plain-text form is ``PLAIN_TEXT``, which is what a viewer without widgets shows.
     * ``controls``: name -> control. ``preset`` (Dropdown of PRESETS plus a "custom (edited
       from <preset>)" entry, selected while the controls differ from the preset), ``rule``
-      (ToggleButtons, "paper" or "automl"), ``size_multiple`` (Dropdown), ``total_epochs`` (N)
+      (ToggleButtons, "paper" or "automl"), ``randaug_ops`` (ToggleButtons, the RandAugment op
+      table, "torchvision" or "automl"; a preset sets it), ``size_multiple`` (Dropdown), ``total_epochs`` (N)
       and ``num_stages`` (M) IntSliders, ``image_size_start`` (S_0) and ``image_size_end``
       (S_e) IntSliders, and the regularizer ranges ``dropout`` (gamma_0, gamma_e), ``randaug``
       (epsilon_0, epsilon_e) and ``mixup`` (alpha_0, alpha_e), FloatRangeSliders. Each control
@@ -271,6 +272,12 @@ class ScheduleExplorer:
                                           layout=dict(display="flex"),
                                           tooltips=["Algorithm 1 of the paper",
                                                     "the official code (google/automl)"]),
+            # which op table reads the RandAugment magnitudes (effv2_lib.randaugment): a preset sets it
+            "randaug_ops": widgets.ToggleButtons(options=list(RANDAUG_OP_TABLES), description="RandAug ops",
+                                                 style={"description_width": "90px", "button_width": "90px"},
+                                                 layout=dict(display="flex"),
+                                                 tooltips=["torchvision's ops on the paper's level scale",
+                                                           "the official code's op table (autoaugment.py)"]),
             "size_multiple": widgets.Dropdown(options=list(SIZE_MULTIPLES),
                                               description="sizes in steps of",
                                               style={"description_width": "initial"},
@@ -306,7 +313,7 @@ class ScheduleExplorer:
 
         c = self.controls
         self.widget = _tag(_ExplorerBox([
-            widgets.HBox([c["preset"], c["rule"], c["size_multiple"]]),
+            widgets.HBox([c["preset"], c["rule"], c["randaug_ops"], c["size_multiple"]]),
             widgets.HBox([
                 widgets.VBox([c["total_epochs"], c["num_stages"], c["image_size_start"],
                               c["image_size_end"]]),
@@ -397,6 +404,7 @@ class ScheduleExplorer:
             self._set_step(multiple)
             self._set_many({
                 "rule": params.get("rule", "paper"),
+                "randaug_ops": params.get("randaug_ops", "automl" if params.get("rule") == "automl" else "torchvision"),
                 "size_multiple": multiple,
                 "total_epochs": n,
                 "num_stages": params["num_stages"],
@@ -426,7 +434,7 @@ class ScheduleExplorer:
                     image_size=(c["image_size_start"].value, c["image_size_end"].value),
                     dropout=tuple(c["dropout"].value), randaug=tuple(c["randaug"].value),
                     mixup=tuple(c["mixup"].value), size_multiple=c["size_multiple"].value,
-                    rule=c["rule"].value)
+                    rule=c["rule"].value, randaug_ops=c["randaug_ops"].value)
 
     def _update(self) -> None:
         """Rebuild the schedule from the controls; on invalid settings show why and keep the last."""

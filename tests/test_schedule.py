@@ -261,7 +261,7 @@ def test_from_dict_rejects_unknown_keys_and_edited_stages():
 
 def test_table_lists_every_stage_with_rounded_values():
     lines = ProgressiveSchedule.from_preset("paper-s").table().splitlines()
-    assert lines[0] == "paper-s: 350 epochs in 4 stages (rule: paper)"
+    assert lines[0] == "paper-s: 350 epochs in 4 stages (rule: paper), automl RandAugment ops"
     assert len(lines) == 2 + 4
     assert lines[2].split() == ["0", "0-87", "88", "128", "0.100", "5.00", "0.000"]
     assert lines[3].split()[3:6] == ["185", "0.167", "8.33"]
@@ -272,3 +272,40 @@ def test_stage_is_frozen_and_counts_its_epochs():
     assert stage.num_epochs == 88
     with pytest.raises(dataclasses.FrozenInstanceError):
         stage.image_size = 64
+
+
+@pytest.fixture(scope="module")
+def sample_images():
+    from effv2_lib.data import load_cifar
+    return load_cifar(prefer_sample=True).train.images                 # uint8 [2500, 3, 32, 32]
+
+
+@pytest.mark.parametrize("preset", ["paper-s", "paper-m", "paper-l", "cifar10", "cifar100",
+                                    "cifar10-fixed", "cifar100-fixed"])
+def test_no_stage_of_the_paper_or_cifar_presets_makes_flat_images(preset, sample_images):
+    """Issue #19: read with torchvision's table stretched past level 10, paper-s's later stages made
+    about 1 image in 10 flat black or grey. Each stage's RandAugment, with the preset's op table, on
+    the bundled sample: at most 2% flat black or grey (pixel std below 2 grey levels). automl's own
+    Brightness whitens some images at high levels (faithful); flat white stays below 2% as well."""
+    import torch
+
+    from effv2_lib.randaugment import batched_rand_augment
+
+    for stage in ProgressiveSchedule.from_preset(preset).stages:
+        out = batched_rand_augment(sample_images, stage.randaug_magnitude, ops=stage.randaug_ops,
+                                   generator=torch.Generator().manual_seed(0)).float().flatten(1)
+        flat = out.std(1) < 2
+        white = out.mean(1) > 250
+        assert float((flat & ~white).float().mean()) <= 0.02, (preset, stage.index)
+        assert float((flat & white).float().mean()) <= 0.02, (preset, stage.index)
+
+
+def test_torchvision_table_past_level_10_would_make_flat_images(sample_images):
+    """What the paper presets avoid by reading Table 6 with automl's table: torchvision's capped
+    colour factors at paper-s's last level."""
+    import torch
+
+    from effv2_lib.randaugment import batched_rand_augment
+
+    out = batched_rand_augment(sample_images, 15, ops="torchvision", generator=torch.Generator().manual_seed(0))
+    assert float((out.float().flatten(1).std(1) < 2).float().mean()) > 0.05

@@ -42,7 +42,7 @@ def test_starts_at_the_preset_with_every_control_labelled_and_tagged(fast_png):
     explorer = schedule_explorer("paper-s")
     assert explorer.schedule == ProgressiveSchedule.from_preset("paper-s")
     assert explorer.error.value == ""
-    expected = {"preset", "rule", "size_multiple", "total_epochs", "num_stages", "image_size_start",
+    expected = {"preset", "rule", "randaug_ops", "size_multiple", "total_epochs", "num_stages", "image_size_start",
                 "image_size_end", "dropout", "randaug", "mixup"}
     assert set(explorer.controls) == expected
     for name, control in explorer.controls.items():
@@ -160,7 +160,7 @@ def test_size_multiple_snaps_s_0_and_s_e_to_the_new_step(fast_png):
 def test_no_setting_of_any_control_raises(fast_png):
     explorer = schedule_explorer("paper-s")
     generator = torch.Generator().manual_seed(0)
-    sliders = [name for name in explorer.controls if name not in ("preset", "rule", "size_multiple")]
+    sliders = [name for name in explorer.controls if name not in ("preset", "rule", "randaug_ops", "size_multiple")]
     for _ in range(40):
         name = sliders[int(torch.randint(len(sliders), (1,), generator=generator))]
         control = explorer.controls[name]
@@ -485,3 +485,14 @@ def test_close_closes_every_widget_of_both_explorers(images, fast_png):
         assert all(part.comm is not None for part in parts)
         explorer.close()
         assert all(part.comm is None for part in parts)
+
+
+def test_a_preset_sets_the_op_table_and_the_table_control_changes_it(fast_png):
+    """paper-* read Table 6 with automl's op table, cifar10 with torchvision's (#19)."""
+    explorer = schedule_explorer("paper-s")
+    assert explorer.controls["randaug_ops"].value == "automl" == explorer.schedule.randaug_ops
+    explorer.controls["preset"].value = "cifar10"
+    assert explorer.controls["randaug_ops"].value == "torchvision" == explorer.schedule.randaug_ops
+    explorer.controls["randaug_ops"].value = "automl"
+    assert explorer.schedule.randaug_ops == "automl" and explorer.schedule.name == "custom"
+    assert "automl RandAugment ops" in explorer.table.value
