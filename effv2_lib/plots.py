@@ -29,6 +29,7 @@ __all__ = ["plot_schedule", "plot_image_grid", "plot_history", "plot_time_to_acc
 STAGE_BOUNDARY_GID = "stage-boundary"  # gid of the vertical lines between stages
 FIGURE_LEGEND_GID = "figure-legend"  # gid of the one legend below a figure's panels
 NO_MIXUP_GID = "no-mixup"  # gid of the note in a Mixup panel that has nothing to draw
+GAP_LIMIT = 0.999  # plot_mixup_lambda measures the largest CDF gap below this share
 
 # One panel per quantity of a Stage: attribute, title, y label (with units).
 SCHEDULE_PANELS = (
@@ -72,13 +73,21 @@ def plot_schedule(schedules: ProgressiveSchedule | Mapping[str, ProgressiveSched
     """Image size and each regularizer against epoch, one panel each, stages as steps.
 
     Several schedules (e.g. {"paper-s": ..., "automl-s": ...}) are overlaid in each
-    panel with a legend; dotted vertical lines in the schedule's colour mark where
-    its stages begin. A schedule with CutMix (the automl rule for V2-M and V2-L) adds it as
-    a dashed line in the Mixup panel. axes: four Axes to draw on (image size, dropout,
-    RandAugment, Mixup), or None for a new 1 x 4 figure.
+    panel; dotted vertical lines in the schedule's colour mark where its stages begin. A
+    schedule with CutMix (the automl rule for V2-M and V2-L) adds it as a dashed line in the
+    Mixup panel. axes: four Axes to draw on (image size, dropout, RandAugment, Mixup), each
+    then with its own legend, or None for a new 2 x 2 figure with one legend below the panels,
+    so that no legend covers a line (a 1 x 4 strip made each panel too flat to read, and a
+    legend inside a panel hid paper-s's first stage).
     """
     named = _named(schedules, ProgressiveSchedule, "schedule")
-    fig, axes = _axes_or_new(axes, len(SCHEDULE_PANELS))
+    new_figure = axes is None
+    if new_figure:
+        fig, grid = plt.subplots(2, 2, figsize=(9.2, 5.8), layout="constrained")
+        axes = list(grid.ravel())
+    else:
+        fig, axes = _axes_or_new(axes, len(SCHEDULE_PANELS))
+    handles = []
     for k, (label, schedule) in enumerate(named.items()):
         color = f"C{k}"
         # Stage i holds on [start_epoch, end_epoch): a post-step line through the
@@ -86,22 +95,32 @@ def plot_schedule(schedules: ProgressiveSchedule | Mapping[str, ProgressiveSched
         edges = [s.start_epoch for s in schedule.stages] + [schedule.total_epochs]
         for ax, (attr, _, _) in zip(axes, SCHEDULE_PANELS, strict=True):
             values = [getattr(s, attr) for s in schedule.stages]
-            ax.plot(edges, values + values[-1:], drawstyle="steps-post", color=color,
-                    linewidth=2.0, label=label)
+            line, = ax.plot(edges, values + values[-1:], drawstyle="steps-post", color=color,
+                            linewidth=2.0, label=label)
             _mark_boundaries(ax, edges[1:-1], color)
+        handles.append(line)
         cutmix = [s.cutmix_alpha for s in schedule.stages]
         if any(cutmix):  # the automl rule's CutMix, on the Mixup panel (its alpha ramps the same way)
-            axes[-1].plot(edges, cutmix + cutmix[-1:], drawstyle="steps-post", color=color, linewidth=1.5,
-                          linestyle="--", label=f"{label}: CutMix $\\alpha$")
-            axes[-1].legend(fontsize=9)
+            line, = axes[-1].plot(edges, cutmix + cutmix[-1:], drawstyle="steps-post", color=color, linewidth=1.5,
+                                  linestyle="--", label=f"{label}: CutMix $\\alpha$")
+            handles.append(line)
+            if not new_figure:
+                axes[-1].legend(fontsize=9)
     for ax, (_, title, ylabel) in zip(axes, SCHEDULE_PANELS, strict=True):
         ax.set(title=title, xlabel="epoch", ylabel=ylabel)
         ax.grid(alpha=0.3)
     if not any(s.mixup_alpha or s.cutmix_alpha for schedule in named.values() for s in schedule.stages):
-        axes[-1].text(0.5, 0.5, "no Mixup in\nthis schedule" if len(named) == 1 else "no Mixup in\nthese schedules",
+        # the zero lines at the bottom of the panel, the note well above them
+        axes[-1].set_ylim(-0.05, 1.0)
+        axes[-1].text(0.5, 0.6, "no Mixup in\nthis schedule" if len(named) == 1 else "no Mixup in\nthese schedules",
                       transform=axes[-1].transAxes, ha="center", va="center", fontsize=11, color="0.4",
                       gid=NO_MIXUP_GID)
-    axes[0].legend(fontsize=9)
+    if new_figure:
+        if any(len(schedule.stages) > 1 for schedule in named.values()):
+            handles.append(Line2D([], [], color="0.3", linestyle=":", linewidth=1, label="stage boundary"))
+        _legend_below(fig, handles)
+    else:
+        axes[0].legend(fontsize=9)
     return fig
 
 
@@ -471,28 +490,41 @@ def _samples_1d(values: Any, what: str) -> np.ndarray:
     return array
 
 
-def _folded_beta_density(alpha: float, x: np.ndarray) -> np.ndarray:
-    """Density of max(lambda, 1 - lambda) for lambda ~ Beta(alpha, alpha), on [0.5, 1): twice Beta's."""
+def _folded_beta_cdf(alpha: float, x: np.ndarray) -> np.ndarray:
+    """P(max(lambda, 1 - lambda) <= x) for lambda ~ Beta(alpha, alpha), x in [0.5, 1].
+
+    By symmetry it is 1 - 2 I_{1-x}(alpha, alpha), with I the regularized incomplete Beta
+    function, summed as its power series I_y(a, b) = y^a / B(a, b) * sum_n (1 - b)_n / n! * y^n / (a + n),
+    which converges like 0.5^n for y = 1 - x <= 0.5 (80 terms: below double precision).
+    """
+    y = np.clip(1.0 - np.asarray(x, dtype=np.float64), 0.0, 0.5)
     log_beta = 2 * math.lgamma(alpha) - math.lgamma(2 * alpha)  # log B(alpha, alpha)
-    return 2 * np.exp((alpha - 1) * (np.log(x) + np.log1p(-x)) - log_beta)
+    total, coefficient = np.zeros_like(y), 1.0  # coefficient: (1 - b)_n / n!
+    for n in range(80):
+        total += coefficient * y ** n / (alpha + n)
+        coefficient *= (n + 1 - alpha) / (n + 1)
+    tail = 2.0 * np.exp(alpha * np.log(np.where(y > 0, y, 1.0)) - log_beta) * total * (y > 0)  # 2 I_y
+    return np.clip(1.0 - tail, 0.0, 1.0)
 
 
-def plot_mixup_lambda(folded_by_alpha: Mapping[float, Any], *, bins: int = 40,
-                      axes: Sequence[Axes] | None = None) -> Figure:
+def plot_mixup_lambda(folded_by_alpha: Mapping[float, Any], *, axes: Sequence[Axes] | None = None) -> Figure:
     """The folded Mixup ratio max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha): one panel per alpha.
 
     Mixup (Zhang et al. 2018) draws lambda from Beta(alpha, alpha); the official EfficientNetV2 code
     folds it so that every sample keeps the larger share of itself. folded_by_alpha maps each
     alpha > 0 to samples of the folded ratio (1-D, values in [0.5, 1]). Each panel draws the
-    samples' density histogram and, as a line, the exact folded density (twice the Beta density on
-    [0.5, 1]), titled with alpha and the sample mean. The panels share the x axis, not the y axis:
-    a small alpha piles its mass next to 1. axes: one Axes per alpha, or None for a new 1 x K figure.
+    samples' empirical cumulative distribution and, dashed, the exact one (`_folded_beta_cdf`).
+    Cumulative, not a density histogram: for alpha < 1 the density diverges at 1, so the last bin
+    of a histogram towers over any curve drawn through bin centres, while the two distribution
+    functions lie on top of each other when the samples follow Beta. The title gives alpha, the
+    sample mean and the largest gap D between the two curves below `GAP_LIMIT` (the
+    Kolmogorov-Smirnov statistic) beside 1.36 / sqrt(N), the gap that N exact draws stay below 95%
+    of the time.
+    axes: one Axes per alpha, or None for a new 1 x K figure.
     """
     if not isinstance(folded_by_alpha, Mapping) or not folded_by_alpha:
         raise TypeError(f"folded_by_alpha must be a non-empty dict {{alpha: samples}}, "
                         f"got {type(folded_by_alpha).__name__}")
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be a positive int, got {bins!r}")
     samples = {}
     for alpha, values in folded_by_alpha.items():
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
@@ -501,18 +533,28 @@ def plot_mixup_lambda(folded_by_alpha: Mapping[float, Any], *, bins: int = 40,
         if not np.all((array >= 0.5) & (array <= 1.0)):
             raise ValueError(f"folded ratios lie in [0.5, 1]; the samples for alpha = {alpha:g} span "
                              f"[{array.min():.3g}, {array.max():.3g}]")
-        samples[float(alpha)] = array
+        samples[float(alpha)] = np.sort(array)
     fig, axes = _axes_or_new(axes, len(samples), panel_size=(3.2, 3.0))
-    edges = np.linspace(0.5, 1.0, bins + 1)
-    grid = np.linspace(0.5, 1.0 - (edges[1] - edges[0]) / 4, 300)  # the density diverges at 1 for alpha < 1
+    grid = np.linspace(0.5, 1.0, 400)
     for k, (ax, (alpha, array)) in enumerate(zip(axes, samples.items(), strict=True)):
         color = f"C{k}"
-        heights, _, _ = ax.hist(array, bins=edges, density=True, color=color, alpha=0.45,
-                                label=f"{array.size:,} draws")
-        ax.plot(grid, _folded_beta_density(alpha, grid), color=color, linewidth=2, label="exact density")
-        ax.set(title=rf"$\alpha$ = {alpha:g}: mean $\lambda$ = {array.mean():.3f}", xlim=(0.5, 1.0),
-               xlabel=r"own share $\max(\lambda, 1-\lambda)$", ylabel="density" if k == 0 else None)
-        ax.set_ylim(0, 1.35 * heights.max())  # headroom for the legend
+        n = array.size
+        # D over the distinct values below GAP_LIMIT: the empirical CDF after each value u against
+        # F(u), and before it against F(u). Above, float32 draws cannot follow Beta: for alpha = 0.1
+        # a fifth of its mass lies within float32's last step below 1
+        values = np.unique(array[array < GAP_LIMIT])
+        exact = _folded_beta_cdf(alpha, values)
+        after = np.searchsorted(array, values, side="right") / n    # share <= u
+        before = np.searchsorted(array, values, side="left") / n    # share < u
+        gap = float(np.max(np.maximum(np.abs(after - exact), np.abs(before - exact)), initial=0.0))
+        ax.step(np.concatenate([[0.5], array, [1.0]]), np.concatenate([[0.0], np.arange(1, n + 1) / n, [1.0]]),
+                where="post", color=color, alpha=0.5, linewidth=4, label=f"{n:,} draws")
+        ax.plot(grid, _folded_beta_cdf(alpha, grid), color="0.1", linewidth=1.2, linestyle="--",
+                label="exact (Beta)")
+        ax.set(title=rf"$\alpha$ = {alpha:g}: mean $\lambda$ = {array.mean():.3f}" "\n"
+                     rf"largest gap {gap:.4f} below {GAP_LIMIT:g} (95%: < {1.36 / math.sqrt(n):.4f})",
+               xlim=(0.5, 1.0), ylim=(0, 1.02), xlabel=r"own share $\max(\lambda, 1-\lambda)$",
+               ylabel=r"share of samples $\leq$ x" if k == 0 else None)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9, loc="upper left")
     return fig

@@ -1,5 +1,7 @@
 """Plots: the figures carry the panels, lines, stage boundaries and labels they promise."""
 
+import math
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -52,6 +54,18 @@ def test_schedule_plot_overlays_paper_and_automl_with_their_stage_boundaries():
     assert "px" in fig.axes[0].get_ylabel()
 
 
+def test_schedule_plot_is_a_2_by_2_grid_with_its_legend_below_the_panels():
+    """No legend inside a panel, where it hid paper-s's 128 px first stage (#19)."""
+    fig = plot_schedule({"paper-m": ProgressiveSchedule.from_preset("paper-m"),
+                         "automl-m": ProgressiveSchedule.from_preset("automl-m")})
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    assert len({ax.get_position().x0 for ax in fig.axes}) == 2 == len({ax.get_position().y0 for ax in fig.axes})
+    (legend,) = fig.legends
+    assert legend.get_gid() == FIGURE_LEGEND_GID
+    assert [t.get_text() for t in legend.get_texts()] == ["paper-m", "automl-m", "automl-m: CutMix $\\alpha$",
+                                                         "stage boundary"]
+
+
 def test_schedule_plot_draws_on_given_axes_and_checks_their_number():
     fig, axes = plt.subplots(2, 2)
     assert plot_schedule(ProgressiveSchedule.from_preset("cifar10"), axes=axes) is fig
@@ -78,6 +92,9 @@ def test_the_mixup_panel_names_alpha_and_says_when_it_is_empty():
 
     fig = plot_schedule(ProgressiveSchedule.from_preset("paper-s"))  # V2-S: no Mixup at any stage
     assert notes(fig) == ["no Mixup in\nthis schedule"]
+    # the note sits well above the zero lines (which it used to cross)
+    bottom, top = fig.axes[3].get_ylim()
+    assert (0 - bottom) / (top - bottom) < 0.1 and fig.axes[3].texts[0].get_position()[1] > 0.4
     assert "alpha" in fig.axes[3].get_title() and "lambda" not in fig.axes[3].get_title()
     assert notes(plot_schedule({"paper-s": ProgressiveSchedule.from_preset("paper-s"),
                                 "automl-s": ProgressiveSchedule.from_preset("automl-s")})) == [
@@ -193,24 +210,36 @@ def folded_samples(alpha, count=2_000):
     return torch.maximum(lam, 1 - lam)  # the folded Mixup ratio, in [0.5, 1]
 
 
-def test_mixup_lambda_plot_draws_one_histogram_and_density_per_alpha():
+def test_mixup_lambda_plot_draws_the_empirical_and_exact_distribution_per_alpha():
     torch.manual_seed(0)
     alphas = [0.1, 0.2, 0.4, 1.0]
     samples = {alpha: folded_samples(alpha) for alpha in alphas}
-    fig = plot_mixup_lambda(samples, bins=20)
+    fig = plot_mixup_lambda(samples)
     assert len(fig.axes) == len(alphas)
     for ax, alpha in zip(fig.axes, alphas, strict=True):
-        assert len(ax.containers) == 1 and len(ax.containers[0]) == 20  # one histogram, its bins
-        assert len(ax.get_lines()) == 1  # the exact density
-        assert f"= {alpha:g}:" in ax.get_title()
-        assert f"{samples[alpha].mean().item():.3f}" in ax.get_title()
-        heights = np.array([bar.get_height() for bar in ax.containers[0]])
-        assert np.sum(heights) * 0.5 / 20 == pytest.approx(1.0)  # a density on [0.5, 1]
-    # alpha = 1 is uniform: the folded density is 2 everywhere
-    np.testing.assert_allclose(fig.axes[-1].get_lines()[0].get_ydata(), 2.0)
-    # small alpha: the last bin holds the most mass
-    last = [ax.containers[0][-1].get_height() for ax in fig.axes]
-    assert last == sorted(last, reverse=True)
+        empirical, exact = ax.get_lines()                      # the step curve, then the exact CDF
+        assert f"= {alpha:g}:" in ax.get_title() and f"{samples[alpha].mean().item():.3f}" in ax.get_title()
+        assert empirical.get_ydata()[0] == 0 and empirical.get_ydata()[-1] == 1
+        assert exact.get_ydata()[0] == pytest.approx(0) and exact.get_ydata()[-1] == pytest.approx(1)
+        # 2,000 exact draws: the largest gap stays below 1.36 / sqrt(N) in 95% of seeds
+        gap = float(ax.get_title().split("largest gap ")[1].split()[0])
+        assert gap < 1.63 / 2_000 ** 0.5                       # the 99% bound, for a fixed seed's margin
+    # alpha = 1 is uniform on [0.5, 1]: the exact CDF is 2x - 1
+    x, y = fig.axes[-1].get_lines()[1].get_data()
+    np.testing.assert_allclose(y, 2 * x - 1, atol=1e-12)
+    # small alpha keeps most samples near 1: less of the mass lies below 0.9
+    below = [float(np.interp(0.9, *ax.get_lines()[1].get_data())) for ax in fig.axes]
+    assert below == sorted(below)
+
+
+def test_folded_beta_cdf_matches_a_numerical_integral_of_the_density():
+    from effv2_lib.plots import _folded_beta_cdf
+    for alpha in (0.3, 2.0):                                   # densities finite at 1 (2.0) and not (0.3)
+        t = np.linspace(0.5, 0.95, 200_001)
+        log_beta = 2 * math.lgamma(alpha) - math.lgamma(2 * alpha)
+        density = 2 * np.exp((alpha - 1) * (np.log(t) + np.log1p(-t)) - log_beta)
+        integral = np.sum((density[1:] + density[:-1]) / 2 * np.diff(t))
+        assert _folded_beta_cdf(alpha, np.array([0.95]))[0] == pytest.approx(integral, rel=1e-6)
 
 
 def test_mixup_lambda_plot_rejects_bad_input():
@@ -221,8 +250,6 @@ def test_mixup_lambda_plot_rejects_bad_input():
         plot_mixup_lambda({0.2: 1 - good})  # not folded
     with pytest.raises(ValueError, match="1-D"):
         plot_mixup_lambda({0.2: []})
-    with pytest.raises(ValueError, match="bins"):
-        plot_mixup_lambda({0.2: good}, bins=0)
     with pytest.raises(TypeError):
         plot_mixup_lambda([good])
     with pytest.raises(ValueError, match="2 Axes"):
