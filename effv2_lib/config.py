@@ -61,10 +61,11 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float | None = None  # None: 5e-4 (SGD), 1e-5 (RMSprop); never on BN / biases
     lr_schedule: str = "cosine"
-    warmup_epochs: float = 2.0  # linear warm-up, at most a fifth of the run
+    warmup_epochs: float = 2.0  # linear warm-up, at most a fifth of the run (automl: 5 epochs, lr_warmup_epoch)
     label_smoothing: float = 0.1
     ema: bool = False
-    ema_decay: float = 0.999  # per step
+    ema_decay: float = 0.999  # per step: averages ~1/(1 - d) = 1,000 steps, 5 CIFAR epochs at batch 256;
+    # automl uses 0.9999 (hparams.py ema_decay), 10,000 steps, for ImageNet's many more steps per run
     bn_reestimate: bool | None = None  # BatchNorm statistics at the eval size before the final eval; None: only
     # when the last stage trained at another size (at the same size they are already the right ones)
     bn_batches: int = 20

@@ -4,15 +4,22 @@ Tan & Le (2021), Section 5.1 (ImageNet settings): RMSProp with decay 0.9 and mom
 batch norm momentum 0.99 (PyTorch's momentum=0.01; see `effv2_lib.blocks` for the 0.1 the
 official code and torchvision use), weight decay 1e-5, a learning rate warmed up from 0 and
 decayed by 0.97 every 2.4 epochs (a staircase on the global step, counted from step 0 as in
-the official code's ``tf.train.exponential_decay``, so the warm-up epochs count too), and an
-exponential moving average of the weights (decay 0.9999). For CIFAR the usual recipe, SGD with
+the official code, which decays with Keras's ``ExponentialDecay(staircase=True)`` inside its
+``WarmupLearningRateSchedule``, so the warm-up epochs count too), and an exponential moving
+average of the weights (decay 0.9999). For CIFAR the usual recipe, SGD with
 Nesterov momentum and a cosine decay, is the default; the paper's choices are options. Neither
 decays BatchNorm parameters or biases.
 
 PyTorch's RMSprop with momentum applies the learning rate outside the momentum buffer
-(``buf = m * buf + g / rms``; ``p -= lr * buf``), TF1's inside it (``buf = m * buf + lr * g / rms``;
-``p -= buf``): the two agree while the learning rate is constant and differ after each change
-of the learning rate, by how fast the buffer forgets the old one.
+(``buf = m * buf + g / rms``; ``p -= lr * buf``), TensorFlow's inside it (``buf = m * buf +
+lr * g / rms``; ``p -= buf``; TF1's ``RMSPropOptimizer`` and Keras's ``RMSprop`` alike): the two
+agree while the learning rate is constant and differ after each change of the learning rate,
+by how fast the buffer forgets the old one.
+
+The official code has two RMSprops: ``main.py`` (TF1, TPU estimator) builds
+``tf.compat.v1.train.RMSPropOptimizer`` (``utils.build_optimizer``), which starts the running
+average of squared gradients at 1; ``main_tf2.py`` builds Keras's ``RMSprop``
+(``build_tf2_optimizer``), which starts it at 0, as PyTorch does.
 """
 
 from __future__ import annotations
@@ -63,8 +70,9 @@ def build_optimizer(model: nn.Module, name: str, batch_size: int, lr: float | No
     if sgd:
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
     # TF's RMSProp adds epsilon (1e-3) under the square root, PyTorch's after it: sqrt(1e-3) after
-    # the root puts the same floor under the denominator. TF also starts the squared average at 1,
-    # PyTorch at 0; the warm-up keeps the resulting large first steps small.
+    # the root puts the same floor under the denominator. TF1's RMSPropOptimizer (automl's main.py)
+    # also starts the squared average at 1, PyTorch at 0 like Keras's RMSprop (main_tf2.py); the
+    # warm-up keeps the resulting large first steps small.
     return torch.optim.RMSprop(groups, lr=lr, alpha=0.9, eps=math.sqrt(1e-3), momentum=momentum,
                                weight_decay=weight_decay)
 
