@@ -19,8 +19,10 @@ from torch import nn
 
 import effv2_lib.augment as augment_module
 import effv2_lib.config as config_module
+import effv2_lib.loop_machinery as machinery_module
 import effv2_lib.train as train_module
 import effv2_lib.trainer as trainer_module
+import effv2_lib.training_data as training_data_module
 from effv2_lib.checkpoint import RunDirectoryError, load_checkpoint
 from effv2_lib.config import resolve_schedule
 from effv2_lib.data import load_cifar, subset
@@ -218,7 +220,7 @@ def test_the_training_step_reads_nothing_back_to_the_host(tiny_data, monkeypatch
         return wrapper
 
     monkeypatch.setattr(trainer_module.Trainer, "train_step", watched(trainer_module.Trainer.train_step))
-    monkeypatch.setattr(trainer_module._DeviceTally, "add", watched(trainer_module._DeviceTally.add))
+    monkeypatch.setattr(machinery_module.DeviceTally, "add", watched(machinery_module.DeviceTally.add))
     steps = []
     two_stages = replace(SCHEDULE, total_epochs=2, num_stages=2)  # the second one with Mixup's soft targets
     train(config(schedule=two_stages, ema=True, sync_every=50, bn_reestimate=False), progress=False,
@@ -237,6 +239,17 @@ def test_the_loop_a_student_opens_reads_as_algorithm_1():
         assert machinery not in loop, machinery
 
 
+def test_the_class_a_student_opens_is_the_method():
+    """Issue 18: setup, data loading, loaders, the run directory and the report live in their own
+    modules (run_setup, training_data, run_state, run_report, loop_machinery); Trainer keeps the
+    method and stays about 250 lines."""
+    assert len(inspect.getsource(trainer_module.Trainer).splitlines()) <= 250
+    for moved in ("setup", "load_data", "build_loaders", "epoch_batches", "prepare_out_dir", "load_training_state",
+                  "save_training_state", "summary", "describe", "describe_result", "compiling_step",
+                  "raise_non_finite"):
+        assert not hasattr(trainer_module.Trainer, moved), moved
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA check of the test above; needs a GPU")
 def test_the_training_step_never_waits_for_the_gpu(tiny_data, monkeypatch):
     # On CUDA, PyTorch itself can flag every host-device synchronization: make each one an error
@@ -252,7 +265,7 @@ def test_the_training_step_never_waits_for_the_gpu(tiny_data, monkeypatch):
         return wrapper
 
     monkeypatch.setattr(trainer_module.Trainer, "train_step", strict(trainer_module.Trainer.train_step))
-    monkeypatch.setattr(trainer_module._DeviceTally, "add", strict(trainer_module._DeviceTally.add))
+    monkeypatch.setattr(machinery_module.DeviceTally, "add", strict(machinery_module.DeviceTally.add))
     two_stages = replace(SCHEDULE, total_epochs=2, num_stages=2)
     result = train(config(schedule=two_stages, device="cuda", ema=True, sync_every=50, bn_reestimate=False),
                    progress=False, data=tiny_data)
@@ -399,13 +412,13 @@ def test_the_automl_rule_trains_with_cutmix_and_automls_ops_on_either_loader(tin
     schedule = ProgressiveSchedule(2, 2, image_size=(16, 20), randaug=(5, 10), mixup=(0.2, 0.4), size_multiple=4,
                                    rule="automl")
     mixed = []
-    real_mix = trainer_module.mix_batch
+    real_mix = training_data_module.mix_batch
 
     def spy(images, labels, mixup_alpha, cutmix_alpha, *args):
         mixed.append((mixup_alpha, cutmix_alpha))
         return real_mix(images, labels, mixup_alpha, cutmix_alpha, *args)
     if loader == "cpu":
-        monkeypatch.setattr(trainer_module, "mix_batch", spy)
+        monkeypatch.setattr(training_data_module, "mix_batch", spy)
     else:
         monkeypatch.setattr(augment_module, "mix_batch", spy)
     result = train(config(schedule=schedule, loader=loader, bn_reestimate=False), progress=False, data=tiny_data)
