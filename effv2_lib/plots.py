@@ -517,8 +517,8 @@ def plot_mixup_lambda(folded_by_alpha: Mapping[float, Any], *, axes: Sequence[Ax
     Cumulative, not a density histogram: for alpha < 1 the density diverges at 1, so the last bin
     of a histogram towers over any curve drawn through bin centres, while the two distribution
     functions lie on top of each other when the samples follow Beta. The title gives alpha, the
-    sample mean and the largest gap D between the two curves below `GAP_LIMIT` (the
-    Kolmogorov-Smirnov statistic) beside 1.36 / sqrt(N), the gap that N exact draws stay below 95%
+    sample mean and the largest gap D between the two curves, measured below `GAP_LIMIT` (the
+    Kolmogorov-Smirnov statistic), beside 1.36 / sqrt(N), the gap that N exact draws stay below 95%
     of the time.
     axes: one Axes per alpha, or None for a new 1 x K figure.
     """
@@ -534,7 +534,7 @@ def plot_mixup_lambda(folded_by_alpha: Mapping[float, Any], *, axes: Sequence[Ax
             raise ValueError(f"folded ratios lie in [0.5, 1]; the samples for alpha = {alpha:g} span "
                              f"[{array.min():.3g}, {array.max():.3g}]")
         samples[float(alpha)] = np.sort(array)
-    fig, axes = _axes_or_new(axes, len(samples), panel_size=(3.2, 3.0))
+    fig, axes = _axes_or_new(axes, len(samples), panel_size=(3.9, 3.3))
     grid = np.linspace(0.5, 1.0, 400)
     for k, (ax, (alpha, array)) in enumerate(zip(axes, samples.items(), strict=True)):
         color = f"C{k}"
@@ -551,9 +551,9 @@ def plot_mixup_lambda(folded_by_alpha: Mapping[float, Any], *, axes: Sequence[Ax
                 where="post", color=color, alpha=0.5, linewidth=4, label=f"{n:,} draws")
         ax.plot(grid, _folded_beta_cdf(alpha, grid), color="0.1", linewidth=1.2, linestyle="--",
                 label="exact (Beta)")
-        ax.set(title=rf"$\alpha$ = {alpha:g}: mean $\lambda$ = {array.mean():.3f}" "\n"
-                     rf"largest gap {gap:.4f} below {GAP_LIMIT:g} (95%: < {1.36 / math.sqrt(n):.4f})",
-               xlim=(0.5, 1.0), ylim=(0, 1.02), xlabel=r"own share $\max(\lambda, 1-\lambda)$",
+        ax.set_title(rf"$\alpha$ = {alpha:g}: mean $\lambda$ = {array.mean():.3f}" "\n"
+                     rf"largest gap {gap:.4f} (95%: < {1.36 / math.sqrt(n):.4f})", fontsize=10)
+        ax.set(xlim=(0.5, 1.0), ylim=(0, 1.02), xlabel=r"own share $\max(\lambda, 1-\lambda)$",
                ylabel=r"share of samples $\leq$ x" if k == 0 else None)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9, loc="upper left")
