@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._cli import one_line_errors
+from ._cli import int_at_least, one_line_errors, output_path
 from .model import MODEL_SPECS, EfficientNetV2, build_model
 from .runtime import count_parameters, hardware, pick_device, train_throughput
 
@@ -126,21 +126,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="cifar", choices=["cifar", "cifar-tiny"])
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if available)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 20, 24, 28, 32], help="image sizes in px")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 512 on CUDA, 32 on CPU")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per size (default: 20 CUDA, 2 CPU)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 5 CUDA, 1 CPU)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=None, help="default: 512 on CUDA, 32 on CPU")
+    parser.add_argument("--steps", type=int_at_least(1), default=None,
+                        help="timed steps per size (default: 20 CUDA, 2 CPU)")
+    parser.add_argument("--warmup", type=int_at_least(0), default=None,
+                        help="untimed steps first (default: 5 CUDA, 1 CPU)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast (default: on for CUDA)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="NHWC memory format (default: on for CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both networks (timed after warm-up)")
-    parser.add_argument("--json", default=None, metavar="OUT", help="also write the figures to this JSON file")
+    parser.add_argument("--json", type=output_path, default=None, metavar="OUT",
+                        help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     cuda = device.type == "cuda"
     settings = dict(
-        batch_size=args.batch_size or (512 if cuda else 32),
-        steps=args.steps or (20 if cuda else 2),
+        batch_size=args.batch_size if args.batch_size is not None else (512 if cuda else 32),
+        steps=args.steps if args.steps is not None else (20 if cuda else 2),
         warmup=args.warmup if args.warmup is not None else (5 if cuda else 1),
         bf16=cuda if args.bf16 is None else args.bf16,
         channels_last=cuda if args.channels_last is None else args.channels_last,

@@ -22,24 +22,25 @@ Run::
     python -m effv2_lib.bench_data                        # sizes 16 24 32, batch 512, auto device
     python -m effv2_lib.bench_data --sizes 16 32 --batch-size 128 --cpu-images 2048 --device cpu
 
-The data come from `load_cifar` (so ``--data-dir`` or EFFV2_DATA, else the bundled sample).
-Figures depend on the machine; nothing here asserts a speed.
+The data come from `load_cifar` (so ``--data`` or EFFV2_DATA, else the bundled sample); the batch
+must not exceed its training images. Figures depend on the machine; nothing here asserts a speed.
 """
 
 import argparse
 import math
 import os
+import sys
 import time
 import warnings
 
 import torch
 import torchvision
 
-from ._cli import one_line_errors
+from ._cli import int_at_least, one_line_errors
 from .augment import DeviceLoader, mixup_batch, train_transform
 from .data import NORMALIZATION, SampleDataWarning, load_cifar
 from .randaugment import RANDAUG_FILL, RANDAUG_OPS, batched_rand_augment, draw_randaug_groups, randaug_op_table
-from .runtime import synchronize
+from .runtime import pick_device, synchronize
 
 
 def cpu_path_rate(split, image_size: int, randaug: float, mixup_alpha: float, batch_size: int,
@@ -49,6 +50,9 @@ def cpu_path_rate(split, image_size: int, randaug: float, mixup_alpha: float, ba
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
         persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+    if len(loader) == 0:  # a loop over no batch would never end
+        raise ValueError(f"batch_size={batch_size} is larger than the {len(split)} training images; "
+                         "lower the batch size")
     generator = torch.Generator().manual_seed(0)
     images_done, start = 0, None
     while start is None or images_done < min_images:
@@ -73,6 +77,9 @@ def device_path_rate(split, image_size: int, randaug: float, mixup_alpha: float,
                           mixup_alpha=mixup_alpha, randaug_magnitude=randaug, mean=mean, std=std,
                           channels_last=channels_last,
                           generator=torch.Generator(device=device).manual_seed(0))
+    if len(loader) == 0:  # a loop over no batch would never end
+        raise ValueError(f"batch_size={batch_size} is larger than the {len(split)} training images; "
+                         "lower the batch size")
     for _ in loader:                         # warm-up: allocator, kernels, caches
         pass
     synchronize(device)
@@ -149,28 +156,34 @@ def randaug_ms_per_batch(split, image_size: int, level: float, batch_size: int, 
 
 
 @one_line_errors
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="CPU DataLoader path vs GPU-resident path, images/s.")
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m effv2_lib.bench_data",
+                                     description="CPU DataLoader path vs GPU-resident path, images/s.")
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 24, 32], help="stage sizes (px)")
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=512,
+                        help="images per batch, at most the training images (default 512)")
+    parser.add_argument("--workers", type=int_at_least(0), default=os.cpu_count() or 1, help="DataLoader workers")
     parser.add_argument("--randaug", type=float, default=5.0,
                         help="paper-scale RandAugment magnitude (CPU path and device path)")
     parser.add_argument("--mixup-alpha", type=float, default=0.2)
-    parser.add_argument("--cpu-images", type=int, default=8192, help="images timed per CPU measurement")
-    parser.add_argument("--device-images", type=int, default=200_000, help="images timed per device measurement")
-    parser.add_argument("--repeats", type=int, default=3, help="report the best of this many runs")
+    parser.add_argument("--cpu-images", type=int_at_least(1), default=8192, help="images timed per CPU measurement")
+    parser.add_argument("--device-images", type=int_at_least(1), default=200_000,
+                        help="images timed per device measurement")
+    parser.add_argument("--repeats", type=int_at_least(1), default=3, help="report the best of this many runs")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--data-dir", default=None,
+    parser.add_argument("--data", "--data-dir", dest="data_dir", default=None, metavar="DIR",
                         help="data directory (default: EFFV2_DATA, else torchvision copy, else sample)")
     parser.add_argument("--dataset", default="cifar10", choices=sorted(NORMALIZATION))
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SampleDataWarning)     # the source is printed below
         data = load_cifar(args.dataset, data_dir=args.data_dir)
+    if args.batch_size > len(data.train):
+        raise ValueError(f"--batch-size {args.batch_size} is larger than the {len(data.train)} training images "
+                         f"of {data.source}; give --batch-size {len(data.train)} or less")
     mean, std = NORMALIZATION[args.dataset]
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {device} ({device_name}); torch {torch.__version__}, torchvision "
@@ -209,7 +222,8 @@ def main(argv=None) -> None:
         grouped, masked = randaug_ms_per_batch(data.train, size, args.randaug, args.batch_size, device,
                                                args.repeats)
         print(f"{size:>5} | {grouped:>30.1f} | {masked:>30.1f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

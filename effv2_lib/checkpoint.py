@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .files import describe, file_error, read_json, read_run, read_torch
+
 __all__ = [
     "RUN_FILE",
     "CHECKPOINT_FILE",
@@ -48,8 +50,12 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "read_json",
+    "read_run",
     "save_checkpoint",
     "load_checkpoint",
+    "TRAINING_STATE_KEYS",
+    "check_training_state",
+    "load_state_checked",
     "capture_rng_state",
     "restore_rng_state",
     "prepare_run_dir",
@@ -95,11 +101,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as file:
-        return json.load(file)
-
-
 def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """torch.save `state` to `path` atomically; `state` gets a format tag added."""
     if not isinstance(state, Mapping):
@@ -119,16 +120,93 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint` (tensors land on `map_location`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    """Read a checkpoint written by `save_checkpoint` (tensors land on `map_location`).
+
+    A file that is missing, empty, text, cut short or of another format raises one line naming it
+    (`effv2_lib.files`); so do the weights alone (model.pt, ``{"weights": ...}``, written by
+    `save_weights` under the same format tag) where a training checkpoint was expected.
+    """
+    state = _load_tagged(path, map_location, "a training checkpoint")
+    if "weights" in state and "model" not in state:
+        raise file_error(path, "holds a model's weights alone (model.pt, written by --save-weights), not a "
+                               "training checkpoint", todo="a resume needs the run's own checkpoint.pt (start "
+                                                           "afresh with --overwrite); evaluate weights with "
+                                                           "python -m effv2_lib.evaluate")
+    return state
+
+
+def _load_tagged(path: str | os.PathLike, map_location: str | torch.device, kind: str) -> dict[str, Any]:
+    """A file of `save_checkpoint` (`kind`: "a training checkpoint" or "weights"): a dict with our format tag."""
+    what = describe(path)[0] if describe(path)[0] != describe("")[0] else f"{kind} (written by effv2_lib)"
+    state = read_torch(path, map_location=map_location, what=what)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{path} is not a training checkpoint of this version "
-                         f"(expected format {CHECKPOINT_FORMAT!r}, found {found!r})")
+        raise file_error(path, f"is not {kind} of this version (expected format {CHECKPOINT_FORMAT!r}, "
+                               f"found {found!r})", what=what)
     return state
+
+
+# What `effv2_lib.run_directory.RunDirectory.save` puts into a training checkpoint and a resume reads.
+TRAINING_STATE_KEYS = ("model", "optimizer", "scheduler", "rng", "schedule", "epoch", "step", "history",
+                       "elapsed")
+
+
+def check_training_state(state: Mapping[str, Any], path: str | os.PathLike) -> Mapping[str, Any]:
+    """`state` (loaded from `path`) if it holds every entry a resume reads, else one line naming the file."""
+    missing = [key for key in TRAINING_STATE_KEYS if key not in state]
+    if missing:
+        raise file_error(path, f"lacks {', '.join(missing)} (it holds {', '.join(sorted(map(str, state)))})")
+    return state
+
+
+def _signature(state_dict: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in state_dict.items() if hasattr(value, "shape")}
+
+
+def identify_model(state_dict: Mapping[str, Any]) -> str | None:
+    """The name of the `effv2_lib.model.MODEL_NAMES` network whose weights `state_dict` holds (any
+    number of classes), or None."""
+    from .model import MODEL_NAMES, build_model
+
+    signature = _signature(state_dict)
+    heads = {shape[0] for key, shape in signature.items() if len(shape) == 2 and key.endswith("weight")}
+    cifar_first = sorted(MODEL_NAMES, key=lambda name: name not in ("cifar", "cifar-tiny", "resnet20"))
+    for name in cifar_first:  # the networks this kit trains first: they are small, and the likely ones
+        for classes in sorted(heads) or [10]:
+            try:
+                with torch.device("meta"):  # shapes only: no memory, no initialization
+                    candidate = build_model(name, num_classes=classes)
+                if _signature(candidate.state_dict()) == signature:
+                    return name
+            except (ValueError, TypeError):
+                continue
+    return None
+
+
+def load_state_checked(model: torch.nn.Module, state_dict: Mapping[str, Any], *, source: str | os.PathLike,
+                       model_name: str | None = None) -> None:
+    """``model.load_state_dict(state_dict)``; weights of another network raise one line saying which
+    network `source` holds and which was asked for (instead of torch's listing of every key)."""
+    ours, theirs = _signature(model.state_dict()), _signature(state_dict)
+    if ours == theirs:
+        model.load_state_dict(state_dict)
+        return
+    asked = repr(model_name) if model_name else type(model).__name__
+    held = identify_model(state_dict)
+    if held is not None:
+        classes = [shape[0] for key, shape in theirs.items() if len(shape) == 2 and key.endswith("weight")]
+        raise ValueError(f"{source} holds the weights of the model {held!r}"
+                         + (f" ({classes[-1]} classes)" if classes else "")
+                         + f", not of {asked} as asked; give --model {held} (or the weights of a {model_name} run)")
+    missing = [key for key in ours if key not in theirs]
+    unexpected = [key for key in theirs if key not in ours]
+    shapes = [f"{key}: {list(theirs[key])} in the file, {list(ours[key])} in the model"
+              for key in ours if key in theirs and ours[key] != theirs[key]]
+    details = "; ".join(part for part in (
+        f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+        f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+        f"{len(shapes)} of another shape (e.g. {shapes[0]})" if shapes else "") if part)
+    raise ValueError(f"{source} holds weights of no network of this kit that fits {asked}: {details}")
 
 
 # ------------------------------------------------------------------------- random numbers
@@ -202,7 +280,7 @@ def prepare_run_dir(out: str | os.PathLike, run: Mapping[str, Any], *, resume: b
         if not run_file.is_file() or not checkpoint.is_file():
             raise RunDirectoryError(f"nothing to resume in {out}: it needs {RUN_FILE} and {checkpoint}, "
                                     f"found {names or 'neither'}")
-        saved = read_json(run_file)
+        saved = read_run(run_file)
         saved_config, config = saved.get("config", {}), run["config"]
         differing = [f"{key}: {saved_config.get(key)!r} in the directory, {config.get(key)!r} now"
                      for key in compare if saved_config.get(key) != config.get(key)]
@@ -212,7 +290,7 @@ def prepare_run_dir(out: str | os.PathLike, run: Mapping[str, Any], *, resume: b
                                     + ". Resume it with its own settings, or pick another --out.")
         return out
     if present and not overwrite:
-        what = _describe(read_json(run_file)) if run_file.is_file() else "files of a run"
+        what = _describe(read_run(run_file)) if run_file.is_file() else "files of a run"
         raise RunDirectoryError(f"{out} already holds {what} ({names}). Pass --resume "
                                 f"(resume=True) to continue it, --overwrite (overwrite=True) to replace "
                                 f"it, or choose another output directory.")
@@ -260,8 +338,15 @@ def load_weights(paths: str | os.PathLike | list) -> dict[str, torch.Tensor]:
         raise ValueError("paths must name at least one weights file")
     merged: dict[str, torch.Tensor] = {}
     for path in paths:
-        state = load_checkpoint(path)
+        state = _load_tagged(path, "cpu", "weights")
         if "weights" not in state:
-            raise ValueError(f"{path} holds no 'weights' (it is a training checkpoint: use its 'model')")
-        merged.update(state["weights"])
+            what = ("a training checkpoint (model, optimizer, schedule, ...)" if "model" in state
+                    else f"entries {', '.join(sorted(map(str, state)))}")
+            raise file_error(path, f"holds {what}, not weights",
+                             todo="pass model.pt (or its model.partK.pt shards) of a run trained with "
+                                  "--save-weights; a checkpoint's weights are load_checkpoint(path)['model']")
+        weights = state["weights"]
+        if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+            raise file_error(path, "holds 'weights' that are not a dict of tensors")
+        merged.update(weights)
     return merged

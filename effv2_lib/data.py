@@ -23,11 +23,13 @@ an error, never a reason to fall back: results on the 2,500-image sample must no
 results on CIFAR.
 """
 
+import contextlib
+import contextvars
 import os
 import socket
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -37,6 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ._checks import check_int
+from .files import file_error, open_npz
 
 DATA_ENV_VAR = "EFFV2_DATA"
 
@@ -90,6 +93,45 @@ HOW_TO_GET_DATA = (
     "[N, 32, 32, 3] and y [N], or train/<class>/*.png and test/<class>/*.png), "
     f"or call load_cifar(..., download=True) to fetch it with torchvision into {DATA_DIR}"
 )
+
+# Set while a command-line entry point runs (`effv2_lib._cli.one_line_errors`): the messages then
+# name the command's options (--data, --download) instead of load_cifar's arguments.
+_COMMAND_WORDS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("effv2_command_words", default=None)
+
+
+@contextlib.contextmanager
+def command_line_words(data: str = "--data", download: str | None = "--download") -> Iterator[None]:
+    """Within the block, data errors speak to a command-line user: `data` names the option that
+    gives a data directory, `download` the one that downloads (None: the command has none)."""
+    token = _COMMAND_WORDS.set({"data": data, "download": download})
+    try:
+        yield
+    finally:
+        _COMMAND_WORDS.reset(token)
+
+
+def _words() -> dict | None:
+    return _COMMAND_WORDS.get()
+
+
+def how_to_get_data() -> str:
+    """What to do when the data set is missing, in the words of the caller (library or command)."""
+    words = _words()
+    if words is None:
+        return HOW_TO_GET_DATA
+    text = (f"pass {words['data']} DIR or set {DATA_ENV_VAR}=DIR (DIR holding train.npz and test.npz with x uint8 "
+            "[N, 32, 32, 3] and y [N], or train/<class>/*.png and test/<class>/*.png)")
+    if words["download"]:
+        text += f", or {words['download']} to fetch it with torchvision into {DATA_DIR}"
+    return text
+
+
+def _data_origin(explicit: bool) -> str:
+    """How the data directory was named: load_cifar's argument or the command's option, or the variable."""
+    if not explicit:
+        return f"${DATA_ENV_VAR}"
+    words = _words()
+    return "data_dir" if words is None else words["data"]
 
 
 class SampleDataWarning(UserWarning):
@@ -203,7 +245,7 @@ def load_cifar(name: str = "cifar10", data_dir=None, download: bool = False,
 
     env_dir = os.environ.get(DATA_ENV_VAR) or None
     if data_dir is not None or env_dir is not None:
-        origin = "data_dir" if data_dir is not None else f"${DATA_ENV_VAR}"
+        origin = _data_origin(data_dir is not None)
         return _load_directory(name, Path(data_dir if data_dir is not None else env_dir), origin)
 
     data = _load_torchvision(name, download, download_timeout)
@@ -213,21 +255,28 @@ def load_cifar(name: str = "cifar10", data_dir=None, download: bool = False,
     if name != "cifar10":
         raise FileNotFoundError(f"{name} not found: no data_dir, no ${DATA_ENV_VAR}, and no "
                                 f"torchvision copy in {DATA_DIR} (the bundled sample is CIFAR-10 "
-                                f"only). To get it: {HOW_TO_GET_DATA}.")
+                                f"only). To get it: {how_to_get_data()}.")
     data = _load_sample(name)
     _warn_every_time(f"Using the bundled CIFAR-10 SAMPLE ({len(data.train)} train / {len(data.test)} "
                      f"test images from {SAMPLE_NAME}), not the full data set. For the full "
-                     f"CIFAR-10: {HOW_TO_GET_DATA}.", SampleDataWarning)
+                     f"CIFAR-10: {how_to_get_data()}.", SampleDataWarning)
     return data
 
 
-def _rows_per_class(split: CifarSplit, n_per_class: int, seed: int) -> torch.Tensor:
+def _rows_per_class(split: CifarSplit, n_per_class: int, seed: int, asked_by: str | None = None) -> torch.Tensor:
     """Row numbers of `n_per_class` random images of every class, sorted (class-balanced)."""
     check_int("n_per_class", n_per_class, 1)
     counts = split.class_counts()
     if min(counts) < n_per_class:
-        raise ValueError(f"n_per_class={n_per_class} exceeds the smallest class "
-                         f"({min(counts)} images of {split.classes[counts.index(min(counts))]!r})")
+        smallest = split.classes[counts.index(min(counts))]
+        if asked_by is None:
+            asked_by = ("--subset-per-class, --test-subset-per-class, --holdout-per-class or the quick check "
+                        "(--smoke or EFFV2_QUICK=1, 10 per class)" if _words() is not None
+                        else f"n_per_class={n_per_class}")
+        raise ValueError(f"{n_per_class} images of every class were asked for (by {asked_by}), but "
+                         f"{split.source or 'the data set'} has only {min(counts)} of class {smallest!r}, its "
+                         f"smallest class ({len(split)} images in all): ask for at most {min(counts)} per class, "
+                         f"or use a data set with at least {n_per_class} images of every class")
     generator = torch.Generator().manual_seed(seed)
     chosen = []
     for label in range(len(split.classes)):
@@ -241,23 +290,26 @@ def _take(split: CifarSplit, rows: torch.Tensor, note: str) -> CifarSplit:
                       f"{split.source} ({note})")
 
 
-def subset(split: CifarSplit, n_per_class: int, seed: int = 0) -> CifarSplit:
+def subset(split: CifarSplit, n_per_class: int, seed: int = 0, *, asked_by: str | None = None) -> CifarSplit:
     """A class-balanced random subset: `n_per_class` images of every class, in their original order.
 
     The images are copied, the transform is kept. Raises ValueError when a class has fewer
-    than `n_per_class` images.
+    than `n_per_class` images; `asked_by` names what asked for them in that message (e.g.
+    "--subset-per-class", "the quick check").
     """
-    return _take(split, _rows_per_class(split, n_per_class, seed), f"subset {n_per_class}/class, seed {seed}")
+    return _take(split, _rows_per_class(split, n_per_class, seed, asked_by),
+                 f"subset {n_per_class}/class, seed {seed}")
 
 
-def hold_out(split: CifarSplit, n_per_class: int, seed: int = 0) -> tuple[CifarSplit, CifarSplit]:
+def hold_out(split: CifarSplit, n_per_class: int, seed: int = 0, *,
+             asked_by: str | None = None) -> tuple[CifarSplit, CifarSplit]:
     """Split `split` into (training rest, held-out validation set of `n_per_class` images per class).
 
     Recipes are chosen on the held-out images, never on the test set: 500 per class takes a
     5,000-image validation set off CIFAR-10's 50,000 training images. The draw depends on `seed`
     alone, so every run with the same seed holds out the same images.
     """
-    held = _rows_per_class(split, n_per_class, seed)
+    held = _rows_per_class(split, n_per_class, seed, asked_by)
     keep = torch.ones(len(split), dtype=torch.bool)
     keep[held] = False
     rest = torch.nonzero(keep).flatten()
@@ -267,8 +319,8 @@ def hold_out(split: CifarSplit, n_per_class: int, seed: int = 0) -> tuple[CifarS
 
 # --- sources ------------------------------------------------------------------------------------
 
-def _load_directory(name: str, root: Path, origin: str) -> CifarData:
-    """Source 1: train.npz/test.npz or an ImageFolder tree in `root` or `root/<name>`."""
+def _find_directory(name: str, root: Path, origin: str) -> tuple[Path, str]:
+    """Where source 1 keeps `name`: (folder, "npz" or "folders"), in `root` or `root/<name>`."""
     looked_at = []
     for folder in (root, root / name):
         npz = [folder / "train.npz", folder / "test.npz"]
@@ -279,15 +331,84 @@ def _load_directory(name: str, root: Path, origin: str) -> CifarData:
             if missing:
                 raise FileNotFoundError(f"{origin}: found {npz[0].parent} but not {missing}; "
                                         "both train.npz and test.npz are needed")
-            classes = _classes_in_npz(npz[0], name)
-            train = _split_from_npz(npz[0], ("x", "y"), classes)
-            test = _split_from_npz(npz[1], ("x", "y"), classes)
-            return CifarData(name, train, test, classes, str(folder), is_sample=False)
+            return folder, "npz"
         if all(p.is_dir() for p in trees):
-            train, test = _splits_from_image_folders(*trees)
-            return CifarData(name, train, test, train.classes, str(folder), is_sample=False)
-    raise FileNotFoundError(f"{origin}={str(root)!r} holds no {name}: looked for "
-                            f"{', '.join(looked_at)}. To get it: {HOW_TO_GET_DATA}.")
+            return folder, "folders"
+    named = f"{origin} {root}" if origin.startswith("-") else f"{origin}={str(root)!r}"
+    raise FileNotFoundError(f"{named} holds no {name}: looked for "
+                            f"{', '.join(looked_at)}. To get it: {how_to_get_data()}.")
+
+
+def _load_directory(name: str, root: Path, origin: str) -> CifarData:
+    """Source 1: train.npz/test.npz or an ImageFolder tree in `root` or `root/<name>`."""
+    folder, layout = _find_directory(name, root, origin)
+    if layout == "npz":
+        classes = _classes_in_npz(folder / "train.npz", name)
+        train = _split_from_npz(folder / "train.npz", ("x", "y"), classes)
+        test = _split_from_npz(folder / "test.npz", ("x", "y"), classes)
+        return CifarData(name, train, test, classes, str(folder), is_sample=False)
+    train, test = _splits_from_image_folders(folder / "train", folder / "test")
+    return CifarData(name, train, test, train.classes, str(folder), is_sample=False)
+
+
+def check_data_source(name: str = "cifar10", data_dir=None, *, download: bool = False, sample: bool = False,
+                      full_data_only: bool = False) -> str:
+    """Where `load_cifar` with these arguments would read `name` from, checked cheaply (no image is
+    decoded): the source's name, or the error `load_cifar` would raise for a named directory that
+    holds no data set (or .npz archives without x and y), a missing CIFAR-100, or, with
+    `full_data_only`, only the bundled sample at hand. For a command that must fail before a long
+    first step (e.g. a throughput measurement) rather than after it.
+    """
+    if name not in CLASSES:
+        raise ValueError(f"name must be one of {sorted(CLASSES)}, got {name!r}")
+    if sample:
+        return f"sample:{SAMPLE_NAME}"
+    env_dir = os.environ.get(DATA_ENV_VAR) or None
+    if data_dir is not None or env_dir is not None:
+        folder, layout = _find_directory(name, Path(data_dir if data_dir is not None else env_dir),
+                                         _data_origin(data_dir is not None))
+        if layout == "npz":
+            for split in ("train", "test"):
+                with _open_npz(folder / f"{split}.npz") as archive:
+                    missing = [key for key in ("x", "y") if key not in archive.files]
+                if missing:
+                    raise file_error(folder / f"{split}.npz", f"lacks the arrays {missing} (it holds "
+                                                              f"{archive.files})")
+        return str(folder)
+    if torchvision_folder(name).exists() or download:
+        return f"torchvision:{torchvision_folder(name)}"
+    if name != "cifar10":
+        raise FileNotFoundError(f"{name} not found: no data directory, no ${DATA_ENV_VAR}, and no torchvision "
+                                f"copy in {DATA_DIR} (the bundled sample is CIFAR-10 only). To get it: "
+                                f"{how_to_get_data()}.")
+    if full_data_only:
+        raise FileNotFoundError(f"the full {name} data set is needed and only the bundled sample was found. "
+                                f"To get it: {how_to_get_data()}.")
+    return f"sample:{SAMPLE_NAME}"
+
+
+def fit_batch_to_data(batch_size: int, train_images: int, processes: int = 1) -> tuple[int, str | None]:
+    """The batch a run can train with on `train_images` images split over `processes`, and a notice.
+
+    A batch larger than the training set would give no step at all: the run trains with the
+    largest batch the data fill (every process takes as many images), once per epoch, and the
+    one-line notice says what was used and why (None when `batch_size` fits). A run records the
+    batch it used.
+    """
+    batch_size = check_int("batch_size", batch_size, 1)
+    train_images = check_int("train_images", train_images, 0)
+    processes = check_int("processes", processes, 1)
+    per_process = train_images // processes
+    if batch_size // processes <= per_process:
+        return batch_size, None
+    if per_process == 0:
+        raise ValueError(f"the training set holds {train_images} images, fewer than the {processes} processes: "
+                         "not one image per process")
+    used = per_process * processes
+    options = "--batch-size" if _words() is not None else "batch_size"
+    return used, (f"NOTE: {options} {batch_size} is larger than the training set ({train_images} images"
+                  + (f" over {processes} processes" if processes > 1 else "")
+                  + f"); training with batch {used} instead, one step per epoch (recorded as the batch used)")
 
 
 def _torchvision_dataset(name: str):
@@ -318,12 +439,16 @@ def _load_torchvision(name: str, download: bool, timeout: float) -> CifarData | 
         finally:
             socket.setdefaulttimeout(previous_timeout)
     except (OSError, RuntimeError) as error:
+        words = _words()
+        data_option = "data_dir=DIR" if words is None else f"{words['data']} DIR"
         if download:
             raise RuntimeError(f"could not download {name} with torchvision into {DATA_DIR}: "
                                f"{error!r}. Without network access, copy train.npz/test.npz to "
-                               f"this machine and pass data_dir=DIR or set {DATA_ENV_VAR}=DIR.") from error
+                               f"this machine and pass {data_option} or set {DATA_ENV_VAR}=DIR.") from error
+        again = (f"call load_cifar({name!r}, download=True)" if words is None
+                 else f"rerun with {words['download']}" if words["download"] else "download it again")
         raise ValueError(f"{folder} exists but torchvision cannot read it ({error}); delete it "
-                         f"and call load_cifar({name!r}, download=True), or: {HOW_TO_GET_DATA}.") from error
+                         f"and {again}, or: {how_to_get_data()}.") from error
     classes = list(splits[0].classes)
     train, test = (CifarSplit(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(),
                               torch.tensor(s.targets), classes, source=f"torchvision:{folder}")
@@ -349,10 +474,7 @@ def _load_sample(name: str) -> CifarData:
 # --- readers ------------------------------------------------------------------------------------
 
 def _open_npz(path: Path):
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as error:  # zipfile, pickle and OS errors all mean "not a readable .npz"
-        raise ValueError(f"{path} is not a readable .npz file ({error!r})") from error
+    return open_npz(path)
 
 
 def _classes_in_npz(path: Path, name: str) -> list:

@@ -18,6 +18,9 @@ before and after.
 Command line (evaluate saved weights, e.g. a GPU run's, on another copy of the test set)::
 
     python -m effv2_lib.evaluate RUN_DIR_OR_WEIGHTS... --data DIR [--model cifar] [--json OUT]
+
+Each run directory is evaluated on its own (one line each); weight files named directly are the
+shards of one model.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ._cli import one_line_errors
+from ._cli import int_at_least, one_line_errors, output_path
 
 __all__ = ["EvalResult", "evaluate", "reestimate_batchnorm", "main"]
 
@@ -119,77 +122,98 @@ def reestimate_batchnorm(model: nn.Module, images: Iterable[Tensor], *, bf16: bo
     return count
 
 
-def _weight_files(paths: list[str]) -> tuple[list[Path], dict]:
-    """Weight files and run settings from a mix of run directories and weight files."""
-    files: list[Path] = []
-    settings: dict = {}
+def _weight_groups(paths: list[str]) -> list[tuple[str, list[Path], dict]]:
+    """What to evaluate: each run directory is one model (its model*.pt, its summary.json's
+    settings); weight files given by name are the shards of one more."""
+    from .files import read_json
+
+    groups: list[tuple[str, list[Path], dict]] = []
+    loose: list[Path] = []
     for name in paths:
         path = Path(name)
         if path.is_dir():
+            settings: dict = {}
             summary_path = path / "summary.json"
             if summary_path.is_file():
-                summary = json.loads(summary_path.read_text())
-                settings.update(model=summary.get("model_name"), eval_size=summary.get("eval_size"),
+                summary = read_json(summary_path)
+                if not isinstance(summary, dict):
+                    raise ValueError(f"{summary_path} holds a JSON {type(summary).__name__}, not a run's summary")
+                settings = dict(model=summary.get("model_name"), eval_size=summary.get("eval_size"),
                                 dataset=summary.get("dataset"))
             shards = sorted(path.glob("model*.pt"))
             if not shards:
-                raise FileNotFoundError(f"{path} holds no model*.pt weights (written by --save-weights)")
-            files += shards
+                raise FileNotFoundError(f"{path} holds no model*.pt weights: train with --save-weights to "
+                                        f"write them, or name the weight files")
+            groups.append((str(path), shards, settings))
         elif path.is_file():
-            files.append(path)
+            loose.append(path)
         else:
             raise FileNotFoundError(f"{path} is neither a run directory nor a weights file")
-    return files, settings
+    if loose:
+        groups.append((", ".join(map(str, loose)), loose, {}))
+    return groups
 
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     from .augment import DeviceLoader
-    from .checkpoint import load_weights
-    from .data import NORMALIZATION, load_cifar
-    from .model import build_model
+    from .checkpoint import load_state_checked, load_weights
+    from .data import NORMALIZATION, command_line_words, load_cifar
+    from .model import MODEL_NAMES, build_model
     from .runtime import pick_device
 
     parser = argparse.ArgumentParser(
         prog="python -m effv2_lib.evaluate",
         description="Test accuracy of saved weights (model*.pt from a run directory, or weight "
-                    "files) on the test split of a data directory.")
+                    "files) on the test split of a data directory. Each run directory is evaluated on "
+                    "its own; weight files named directly are the shards of one model.")
     parser.add_argument("weights", nargs="+", help="run directories and/or weight files (shards are merged)")
     parser.add_argument("--data", required=True, help="directory with test.npz (and train.npz) or "
                                                       "an ImageFolder tree; see effv2_lib.data")
-    parser.add_argument("--model", default=None, help="model name (default: from the run's summary.json)")
+    parser.add_argument("--model", default=None, choices=MODEL_NAMES,
+                        help="model name (default: from the run's summary.json)")
     parser.add_argument("--dataset", default=None, choices=["cifar10", "cifar100"])
-    parser.add_argument("--eval-size", type=int, default=None, help="test image size in px (default: "
-                                                                     "the run's, else 32)")
+    parser.add_argument("--eval-size", type=int_at_least(8), default=None, metavar="PX",
+                        help="test image size in px, >= 8 (default: the run's, else 32)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--json", default=None, help="write the result to this JSON file")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=500)
+    parser.add_argument("--json", type=output_path, default=None, metavar="OUT",
+                        help="write the result to this JSON file")
     args = parser.parse_args(argv)
 
     try:
-        files, settings = _weight_files(args.weights)
+        groups = _weight_groups(args.weights)
     except FileNotFoundError as exc:
         parser.error(str(exc))
-    model_name = args.model or settings.get("model")
-    if not model_name:
-        parser.error("--model is needed when no run directory with summary.json is given")
-    dataset = args.dataset or settings.get("dataset") or "cifar10"
-    eval_size = args.eval_size or settings.get("eval_size") or 32
+    for source, _, settings in groups:
+        if not (args.model or settings.get("model")):
+            parser.error(f"--model is needed for {source}: no run directory with summary.json names its model")
     device = pick_device(args.device)
-    data = load_cifar(dataset, data_dir=args.data)
-    model = build_model(model_name, num_classes=data.num_classes)
-    model.load_state_dict(load_weights(files))
-    model.to(device)
-    mean, std = NORMALIZATION[dataset]
-    loader = DeviceLoader(data.test, args.batch_size, device=device, image_size=eval_size, train=False,
-                          mean=mean, std=std, generator=torch.Generator(device=device))
-    result = evaluate(model, loader, data.num_classes)
-    report = {"accuracy": result.accuracy, "num_images": result.num_images, "data": data.source,
-              "model": model_name, "eval_size": eval_size, "weights": [str(f) for f in files],
-              "confusion": result.confusion.tolist()}
-    print(f"{model_name} at {eval_size} px on {data.source}: top-1 {100 * result.accuracy:.2f}% "
-          f"of {result.num_images} test images")
+    datasets: dict = {}
+    reports = []
+    for source, files, settings in groups:
+        model_name = args.model or settings["model"]
+        dataset = args.dataset or settings.get("dataset") or "cifar10"
+        eval_size = args.eval_size if args.eval_size is not None else settings.get("eval_size") or 32
+        if dataset not in datasets:
+            with command_line_words(download=None):  # data errors name --data, and evaluate has no --download
+                datasets[dataset] = load_cifar(dataset, data_dir=args.data)
+        data = datasets[dataset]
+        model = build_model(model_name, num_classes=data.num_classes)
+        load_state_checked(model, load_weights(files), source=source, model_name=model_name)
+        model.to(device)
+        mean, std = NORMALIZATION[dataset]
+        loader = DeviceLoader(data.test, args.batch_size, device=device, image_size=eval_size, train=False,
+                              mean=mean, std=std, generator=torch.Generator(device=device))
+        result = evaluate(model, loader, data.num_classes)
+        reports.append({"accuracy": result.accuracy, "num_images": result.num_images, "data": data.source,
+                        "model": model_name, "eval_size": eval_size, "weights": [str(f) for f in files],
+                        "confusion": result.confusion.tolist()})
+        print((f"{source}: " if len(groups) > 1 else "")
+              + f"{model_name} at {eval_size} px on {data.source}: top-1 {100 * result.accuracy:.2f}% "
+                f"of {result.num_images} test images", flush=True)
     if args.json:
+        report = reports[0] if len(reports) == 1 else {"results": reports}
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

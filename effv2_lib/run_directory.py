@@ -25,7 +25,9 @@ from .checkpoint import (
     WEIGHTS_FILE,
     RunDirectoryError,
     atomic_write_json,
+    check_training_state,
     load_checkpoint,
+    load_state_checked,
     prepare_run_dir,
     save_checkpoint,
     save_weights,
@@ -92,12 +94,12 @@ class RunDirectory:
                ema) -> dict[str, Any]:
         """Load the checkpoint into model, optimizer, scheduler and EMA; return where the run stands:
         epoch, step, partial, history, elapsed, compile_error and rng (one state per rank)."""
-        state = load_checkpoint(self.checkpoint, map_location=map_location)
+        state = check_training_state(load_checkpoint(self.checkpoint, map_location=map_location), self.checkpoint)
         saved_schedule = ProgressiveSchedule.from_dict(state["schedule"])
         if saved_schedule != schedule:
             raise RunDirectoryError(f"the checkpoint's schedule differs from this run's:\n"
                                     f"{saved_schedule.table()}\nvs\n{schedule.table()}")
-        model.load_state_dict(state["model"])
+        load_state_checked(model, state["model"], source=self.checkpoint)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:

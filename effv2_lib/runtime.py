@@ -63,7 +63,13 @@ def pick_device(preference: str | torch.device | None = None) -> torch.device:
     An explicit CUDA, MPS or XPU preference that this machine cannot honour raises ValueError.
     """
     if preference is not None:
-        device = torch.device(preference)
+        try:
+            device = torch.device(preference)
+        except (RuntimeError, ValueError, TypeError):  # torch's answer lists twenty device types
+            device = None
+        if device is None or device.type not in ("cpu", "cuda", "mps", "xpu"):
+            raise ValueError(f"device must be one of the devices this kit supports: cpu, cuda, cuda:N (the N-th "
+                             f"GPU), mps (Apple), xpu (Intel); got {str(preference)!r}")
         names = {"cuda": "CUDA", "mps": "MPS", "xpu": "XPU"}
         if device.type in names and not _backend_available(device.type):
             raise ValueError(f"device {preference!r} was asked for, but {names[device.type]} is not available here")

@@ -29,9 +29,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ._cli import one_line_errors, schedule_file
-from .checkpoint import RUN_FILE, read_json
-from .config import LOADERS, TrainConfig, auto_config
+from ._cli import one_line_errors, output_path, schedule_file
+from .checkpoint import RUN_FILE, read_run
+from .config import LOADERS, SMOKE, TrainConfig, auto_config
 from .data import NORMALIZATION, CifarData
 from .model import MODEL_NAMES
 from .optim import LR_SCHEDULES, OPTIMIZERS
@@ -97,8 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--smoke", action="store_true",
                    help="pipeline check in seconds on 10 images per class: one epoch per stage, or --epochs "
                         "if given (also EFFV2_QUICK=1)")
-    g.add_argument("--out", help="run directory for checkpoint, history, summary, plots (default: runs/<model>-<time>)")
-    g.add_argument("--checkpoint-dir", dest="checkpoint_dir", help="keep checkpoint.pt here instead of in --out")
+    g.add_argument("--out", type=output_path,
+                   help="run directory for checkpoint, history, summary, plots (default: runs/<model>-<time>)")
+    g.add_argument("--checkpoint-dir", dest="checkpoint_dir", type=output_path,
+                   help="keep checkpoint.pt here instead of in --out")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint "
                                                          "(its settings are reused; given ones must agree)")
     g.add_argument("--overwrite", action="store_true", help="replace the run in --out")
@@ -181,21 +183,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quick_check_note(given: dict[str, Any], why: str) -> str | None:
+    """One line naming the options the quick check replaces with its own values (None: none given)."""
+    replaced = [(name, value) for name, value in given.items() if name in SMOKE and value != SMOKE[name]]
+    if not replaced:
+        return None
+
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    own = ", ".join(f"{flag(name)} {SMOKE[name]}" for name, _ in replaced)
+    yours = ", ".join(f"{flag(name)} {value}" for name, value in replaced)
+    return (f"NOTE: the quick check ({why}) trains with its own {own} instead of the {yours} given (a pipeline "
+            f"check on {SMOKE['subset_per_class']} images per class; without {why} your values are used)")
+
+
 def _config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool, str | None]:
     given = vars(args)
     if "schedule" in given and "preset" in given:
         raise ValueError("--schedule and --preset both name the schedule; give one of them")
+    if given.get("sample") and ("data_dir" in given or given.get("download")):
+        raise ValueError("--sample trains on the bundled sample; do not also give --data or --download")
     progress = given.pop("progress", True)
     auto = given.pop("auto", False)
-    smoke = given.pop("smoke", False) or is_quick_check()
-    note = None
+    asked_smoke = given.pop("smoke", False)
+    smoke = asked_smoke or is_quick_check()
+    notes = [_quick_check_note(given, "--smoke" if asked_smoke else "EFFV2_QUICK=1")] if smoke else []
     if given.get("resume"):
         if "out" not in given:
             raise ValueError("--resume needs --out (the run directory to continue)")
         run_file = Path(given["out"]) / RUN_FILE
-        base = read_json(run_file)["config"] if run_file.is_file() else {}
+        base = read_run(run_file)["config"] if run_file.is_file() else {}
     elif auto:
         auto_cfg, note = auto_config(given.get("device"), given.get("data_dir"))
+        notes.insert(0, note)
         base = auto_cfg.to_dict()
     else:
         base = {}
@@ -204,7 +225,7 @@ def _config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool, str 
         options["smoke"] = True
     if "out" not in options:
         options["out"] = f"runs/{options.get('model', 'cifar')}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    return TrainConfig(**options), progress, note
+    return TrainConfig(**options), progress, "\n".join(note for note in notes if note) or None
 
 
 @one_line_errors
