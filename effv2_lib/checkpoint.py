@@ -259,6 +259,8 @@ def prepare_run_dir(out: str | os.PathLike, run: Mapping[str, Any], *, resume: b
       run.json is written.
     * `resume`: `out` must hold run.json and `checkpoint` must exist, and the saved ``config``
       must agree with ``run["config"]`` on every key in `compare`; run.json is left as it is.
+    * `out` holding run.json alone (a run stopped before its first checkpoint: it has not
+      started): started afresh, resume or not; run.json is rewritten.
     * otherwise a directory holding a run raises `RunDirectoryError`.
 
     `checkpoint` is where the run keeps its checkpoint (default: ``out/checkpoint.pt``).
@@ -276,6 +278,10 @@ def prepare_run_dir(out: str | os.PathLike, run: Mapping[str, Any], *, resume: b
                      | ({checkpoint} if checkpoint.exists() else set()))
     names = ", ".join(str(p.relative_to(out)) if p.parent == out else str(p) for p in present)
     run_file = out / RUN_FILE
+    if present == [run_file]:
+        # run.json alone: the run was stopped (killed, out of memory, a closed lid) before its first
+        # checkpoint. Nothing to resume and nothing to lose: the same command starts it, resume or not.
+        resume, overwrite = False, True
     if resume:
         if not run_file.is_file() or not checkpoint.is_file():
             raise RunDirectoryError(f"nothing to resume in {out}: it needs {RUN_FILE} and {checkpoint}, "

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .checkpoint import (
@@ -25,6 +26,7 @@ from .checkpoint import (
     WEIGHTS_FILE,
     RunDirectoryError,
     atomic_write_json,
+    capture_rng_state,
     check_training_state,
     load_checkpoint,
     load_state_checked,
@@ -93,7 +95,14 @@ class RunDirectory:
     def resume(self, map_location, *, schedule: ProgressiveSchedule, model: nn.Module, optimizer, scheduler,
                ema) -> dict[str, Any]:
         """Load the checkpoint into model, optimizer, scheduler and EMA; return where the run stands:
-        epoch, step, partial, history, elapsed, compile_error and rng (one state per rank)."""
+        epoch, step, partial, history, elapsed, compile_error and rng (one state per rank).
+
+        Without a checkpoint (the run was stopped before its first one, so `create_or_resume` started
+        it afresh) the run stands at its beginning, every generator where it is now."""
+        if not self.checkpoint.is_file():
+            world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+            return {"epoch": 0, "step": 0, "partial": None, "history": [], "elapsed": 0.0,
+                    "compile_error": None, "rng": [capture_rng_state()] * world_size}
         state = check_training_state(load_checkpoint(self.checkpoint, map_location=map_location), self.checkpoint)
         saved_schedule = ProgressiveSchedule.from_dict(state["schedule"])
         if saved_schedule != schedule:

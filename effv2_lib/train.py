@@ -183,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options that steer one invocation only: a resume does not inherit them from run.json (a run
+# stopped with --stop-after 10 trains on when resumed; give them again to use them again).
+ONE_INVOCATION = ("stop_after", "device", "resume", "overwrite")
+
+
 def _quick_check_note(given: dict[str, Any], why: str) -> str | None:
     """One line naming the options the quick check replaces with its own values (None: none given)."""
     replaced = [(name, value) for name, value in given.items() if name in SMOKE and value != SMOKE[name]]
@@ -214,6 +219,8 @@ def _config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool, str 
             raise ValueError("--resume needs --out (the run directory to continue)")
         run_file = Path(given["out"]) / RUN_FILE
         base = read_run(run_file)["config"] if run_file.is_file() else {}
+        for name in ONE_INVOCATION:  # they steered the invocation that started the run, not this one
+            base.pop(name, None)
     elif auto:
         auto_cfg, note = auto_config(given.get("device"), given.get("data_dir"))
         notes.insert(0, note)

@@ -120,6 +120,31 @@ def test_a_bad_schedule_file_is_named(tmp_path, capsys):
     assert "s.json is not a schedule: it is not JSON" in error and "ProgressiveSchedule" in error
 
 
+# ------------------------------------------------------------ 1: killed before the first checkpoint
+def test_a_run_killed_before_its_first_checkpoint_is_started_by_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    config = TrainConfig(model="cifar-tiny", sample=True, smoke=True, fixed_size=16, epochs=1, device="cpu",
+                         out=str(out))
+    (out / "run.json").write_text(json.dumps({"config": config.to_dict()}))  # all a kill -9 in epoch 1 leaves
+    assert train.main(["--resume", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text())["status"] == "finished"
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+
+
+# ------------------------------------------------------------------------- 4: --stop-after sticks
+def test_a_resume_does_not_inherit_stop_after_or_the_device(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    config = TrainConfig(model="cifar-tiny", sample=True, stop_after=10, device="cpu", out=str(out))
+    (out / "run.json").write_text(json.dumps({"config": config.to_dict()}))
+    resumed, _, _ = train._config_from_args(train.build_parser().parse_args(["--resume", "--out", str(out)]))
+    assert resumed.stop_after is None and resumed.device is None and resumed.model == "cifar-tiny"
+    again, _, _ = train._config_from_args(train.build_parser().parse_args(
+        ["--resume", "--out", str(out), "--stop-after", "20"]))
+    assert again.stop_after == 20
+
+
 # --------------------------------------------------------------------------------- 6: bench_data
 @pytest.mark.filterwarnings("ignore:'effv2_lib.bench_data' found in sys.modules:RuntimeWarning")
 def test_bench_data_exits_with_its_status(tmp_path, monkeypatch, capsys):

@@ -83,9 +83,13 @@ def test_a_directory_holding_a_run_is_protected(tmp_path):
 
 def test_resume_needs_a_checkpoint_and_the_same_settings(tmp_path):
     out = tmp_path / "run"
-    prepare_run_dir(out, run_info())
     with pytest.raises(RunDirectoryError, match="nothing to resume"):
         prepare_run_dir(out, run_info(), resume=True)
+    prepare_run_dir(out, run_info())
+    (out / "history.json").write_text("[]")
+    with pytest.raises(RunDirectoryError, match="nothing to resume"):
+        prepare_run_dir(out, run_info(), resume=True)
+    (out / "history.json").unlink()
     save_checkpoint({"epoch": 1}, out / "checkpoint.pt")
     compare = ("lr", "epochs")
     with pytest.raises(RunDirectoryError, match="lr: 0.1 in the directory, 0.5 now"):
@@ -114,3 +118,13 @@ def test_weights_split_into_shards_and_merge_back(tmp_path):
     assert save_weights(state, tmp_path / "one.pt") == [tmp_path / "one.pt"]
     with pytest.raises(ValueError, match="alone"):
         save_weights(state, tmp_path / "x.pt", max_bytes=1000)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(resume, tmp_path):
+    """run.json alone (killed in the first epoch): nothing to resume, nothing to lose; the same
+    command starts it, with or without --resume, and with the settings given now."""
+    out = tmp_path / "run"
+    prepare_run_dir(out, run_info())
+    assert prepare_run_dir(out, run_info(lr=0.01), resume=resume, compare=("lr",)) == out
+    assert json.loads((out / "run.json").read_text())["config"]["lr"] == 0.01
