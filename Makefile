@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast lint lab notebooks train experiment experiment-tuned bench clean-venv
+.PHONY: test test-fast lint lab notebooks train experiment experiment-tuned race bench clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,9 +29,10 @@ lab: $(STAMP)
 
 # Execute every notebook in its full mode on this machine and store the outputs, the widget
 # state and what produced them (tests/test_notebook_outputs.py checks they are fresh). About
-# 20 minutes on 2 CPU cores; NB=notebooks/04_progressive_learning.ipynb runs one.
+# 35 minutes on 2 CPU cores, most of it notebook 06's race on the full CIFAR-10, which
+# DATA=DIR (or EFFV2_DATA) names; NB=notebooks/04_progressive_learning.ipynb runs one.
 notebooks: $(STAMP)
-	$(PY) scripts/make_notebooks.py $(NB)
+	EFFV2_DATA="$(DATA)" $(PY) scripts/make_notebooks.py $(NB)
 
 train: $(STAMP)
 	$(PY) -m effv2_lib.train --auto
@@ -49,6 +50,16 @@ experiment-tuned: $(STAMP)
 	@test -n "$(DATA)" || { echo "make experiment-tuned needs DATA=DIR (a directory with CIFAR-10's train.npz and test.npz)"; exit 2; }
 	$(PY) -m effv2_lib.experiments cpu-cifar10 --data "$(DATA)" \
 		--schedule results/cpu-cifar10-tuning/cifar10-light-16.json --out results/cpu-cifar10-tuned
+
+# Notebook 06's race (progressive against fixed-size training, 7.5 minutes of training cost each)
+# on the full data, seeds 0, 1 and 2, then the table over seeds: about 45 minutes on 2 quiet cores.
+race: $(STAMP)
+	@test -n "$(DATA)" || { echo "make race needs DATA=DIR (a directory with CIFAR-10's train.npz and test.npz)"; exit 2; }
+	for seed in 0 1 2; do \
+		EFFV2_DATA="$(DATA)" $(PY) -m effv2_lib.experiments race --seed $$seed \
+			--out results/cpu-cifar10-race/seed-$$seed --no-progress || exit 1; \
+	done
+	$(PY) -m effv2_lib.race results/cpu-cifar10-race
 
 bench: $(STAMP)
 	$(PY) -m effv2_lib.bench

@@ -42,24 +42,41 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ._checks import check_int
-from ._cli import one_line_errors, schedule_file
+from ._checks import check_int, check_real
+from ._cli import one_line_errors, output_path, schedule_file
 from .checkpoint import HISTORY_FILE, RUN_FILE, SUMMARY_FILE, atomic_write_json, read_json
 from .config import SMOKE, TrainConfig, resolve_schedule, smoke_config
+from .data import check_data_source
+from .files import read_run
 from .model import build_model
-from .runtime import hardware, is_quick_check, train_throughput
+from .runtime import hardware, is_quick_check, pick_device, train_throughput
 from .schedule import ProgressiveSchedule
 from .timing import predicted_seconds
 
-__all__ = ["RUN_NAMES", "ExperimentRun", "plan_cpu_cifar10", "measure_throughput", "run_cost",
-           "run_experiment", "load_results", "results_table", "write_report", "main"]
+__all__ = ["RUN_NAMES", "EXPERIMENTS", "RACE_SCHEDULE", "RACE_BUDGET_S", "ExperimentRun", "plan_cpu_cifar10",
+           "plan_race", "measure_throughput", "run_cost", "run_experiment", "load_results", "results_table",
+           "write_report", "main"]
 
 RUN_NAMES = ("progressive", "fixed", "progressive-fixed-reg", "fixed-time-matched", "resnet20-time-matched")
+RACE_RUNS = ("progressive", "fixed-time-matched")
 THROUGHPUT_FILE = "throughput.json"
 LOAD_FILE = "load.json"
 COMPARISON_FILE = "comparison.png"
 REPORT_FILE = "README.md"
 DEFAULT_EPOCHS = 12
+BATCH_SIZE = 128
+EXPERIMENTS = ("cpu-cifar10", "race")
+CIFAR10_TRAIN_IMAGES = 50_000
+
+# The race (NB06's live part): the tuned recipe's regularization (results/cpu-cifar10-tuning: light)
+# on a schedule short enough that both runs fit one class period on a 2-core CPU. One epoch per
+# stage, 12 -> 20 -> 28 px: the smallest stage is the cheapest epoch there is that still shows the
+# objects, and 28 px (not 32) as the final size keeps a fixed epoch cheap enough for the fixed run
+# to get two of them within the budget. Both runs are tested at 32 px after the BatchNorm
+# re-estimation.
+RACE_SCHEDULE = ProgressiveSchedule(total_epochs=3, num_stages=3, image_size=(12, 28), size_multiple=4,
+                                    dropout=(0.0, 0.1), randaug=(1, 3), mixup=(0, 0), name="race")
+RACE_BUDGET_S = 7.5 * 60  # training cost per run on the full 50,000 images: 15 minutes for the race
 
 
 @dataclass(frozen=True)
@@ -104,7 +121,7 @@ def run_cost(model: str, schedule: ProgressiveSchedule, train_images: int, rates
 
 
 def plan_cpu_cifar10(data_dir: str | None, out: str | Path, *, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
-                     batch_size: int = 128, rates: dict[str, Any] | None = None, train_images: int = 50_000,
+                     batch_size: int = BATCH_SIZE, rates: dict[str, Any] | None = None, train_images: int = 50_000,
                      smoke: bool = False, schedule: ProgressiveSchedule | dict | None = None) -> list[ExperimentRun]:
     """The five runs of ``cpu-cifar10``: the progressive run trains `schedule` if given, else the
     cifar10 preset at `epochs`; the others are derived from its sizes and final stage. The
@@ -145,6 +162,46 @@ def plan_cpu_cifar10(data_dir: str | None, out: str | Path, *, epochs: int = DEF
     return runs
 
 
+def plan_race(data_dir: str | None, out: str | Path, *, rates: dict[str, Any], budget_s: float = RACE_BUDGET_S,
+              seed: int = 0, batch_size: int = BATCH_SIZE, smoke: bool = False, download: bool = False,
+              schedule: ProgressiveSchedule = RACE_SCHEDULE) -> list[ExperimentRun]:
+    """The race: two runs that each spend at most `budget_s` seconds of training cost on the full
+    CIFAR-10 at the measured images/s (`rates`, as throughput.json holds them).
+
+    progressive           `schedule` with as many epochs per stage as fit in the budget
+    fixed-time-matched    the final size and regularization, as many epochs as fit in the budget
+
+    The plan is made for 50,000 training images whatever the data: on the sample or in the quick
+    check the runs keep the full data's epochs (and take seconds).
+    """
+    budget_s = check_real("budget_s", budget_s, 0, math.inf, allowed="a number of seconds > 0")
+    model = "cifar-tiny"
+    base = TrainConfig(model=model, batch_size=batch_size, seed=seed, data_dir=data_dir, download=download,
+                       full_data_only=not smoke and data_dir is not None, sample=smoke and data_dir is None,
+                       loader="device", smoke=smoke)
+    per_cycle = run_cost(model, schedule, CIFAR10_TRAIN_IMAGES, rates)  # one pass through the stages
+    cycles = max(1, math.floor(budget_s / per_cycle))
+    progressive = replace(schedule, total_epochs=cycles * schedule.total_epochs)
+    last = progressive.stages[-1]
+    fixed_epoch = run_cost(model, ProgressiveSchedule.fixed(1, last.image_size), CIFAR10_TRAIN_IMAGES, rates)
+    fixed_epochs = max(1, math.floor(budget_s / fixed_epoch))
+
+    def of_budget(seconds: float) -> str:
+        over = " (over it: one epoch per stage is the least the race runs)" if seconds > budget_s else ""
+        return f"{seconds / 60:.1f} min of the budget of {budget_s / 60:.1f} min{over}"
+
+    return [
+        ExperimentRun("progressive", f"{' -> '.join(str(s.image_size) for s in progressive.stages)} px, "
+                                     f"{progressive.total_epochs} epochs, regularization grows with the size: "
+                                     f"{of_budget(run_cost(model, progressive, CIFAR10_TRAIN_IMAGES, rates))}",
+                      replace(base, schedule=progressive.to_dict(), out=str(Path(out) / "progressive"))),
+        ExperimentRun("fixed-time-matched", f"{last.image_size} px every epoch, the final regularization, "
+                                            f"{fixed_epochs} epochs: {of_budget(fixed_epochs * fixed_epoch)}",
+                      replace(base, schedule=progressive.to_dict(), fixed_size=last.image_size,
+                              epochs=fixed_epochs, out=str(Path(out) / "fixed-time-matched"))),
+    ]
+
+
 # ----------------------------------------------------------------------------------- running
 def _status(run_dir: Path) -> str:
     """'finished', 'started' (resumable) or 'new'."""
@@ -178,7 +235,7 @@ def _check_same_run(run: ExperimentRun) -> None:
     run_file = Path(run.config.out) / RUN_FILE
     if not run_file.is_file():
         return
-    stored = TrainConfig(**read_json(run_file)["config"])  # as given: a quick check's is shrunk when it trains
+    stored = TrainConfig(**read_run(run_file)["config"])  # as given: a quick check's is shrunk when it trains
     stored, planned = (smoke_config(c) if c.smoke else c for c in (stored, run.config))
     found, wanted = resolve_schedule(stored), resolve_schedule(planned)
     if (stored.model, found) != (planned.model, wanted):
@@ -188,34 +245,60 @@ def _check_same_run(run: ExperimentRun) -> None:
 
 
 def run_experiment(name: str, data_dir: str | None, out: str | Path, *, epochs: int | None = None, seed: int = 0,
-                   only: tuple[str, ...] = RUN_NAMES, smoke: bool = False, progress: bool = True,
-                   command: str = "", schedule: ProgressiveSchedule | dict | None = None) -> list[ExperimentRun]:
-    """Run (or resume) the experiment's runs in order; rewrite the report after each one. The
-    progressive run trains `schedule`, else the cifar10 preset at `epochs` (default 12)."""
-    if name != "cpu-cifar10":
-        raise ValueError(f"unknown experiment {name!r}; known: cpu-cifar10")
-    unknown = set(only) - set(RUN_NAMES)
+                   only: tuple[str, ...] | None = None, smoke: bool = False, progress: bool = True,
+                   command: str = "", schedule: ProgressiveSchedule | dict | None = None,
+                   budget_s: float = RACE_BUDGET_S, download: bool = False) -> list[ExperimentRun]:
+    """Run (or resume) an experiment's runs in order; rewrite the report after each one.
+
+    ``cpu-cifar10``: the five runs of `plan_cpu_cifar10`; the progressive run trains `schedule`,
+    else the cifar10 preset at `epochs` (default 12). ``race``: the two runs of `plan_race` within
+    `budget_s` seconds of training cost each.
+    """
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
+    race = name == "race"
+    names = RACE_RUNS if race else RUN_NAMES
+    only = names if only is None else only
+    unknown = set(only) - set(names)
     if unknown:
-        raise ValueError(f"unknown runs {sorted(unknown)}; the runs are {', '.join(RUN_NAMES)}")
+        raise ValueError(f"unknown runs {sorted(unknown)}; the runs of {name} are {', '.join(names)}")
+    if race and (schedule is not None or epochs is not None):
+        raise ValueError("the race sets its own schedule and epochs from its budget; give neither")
     if schedule is not None and epochs is not None:
         raise ValueError("a schedule sets its own epochs; give the schedule or epochs, not both")
-    if schedule is None:
+    if not race and schedule is None:
         epochs = check_int("epochs", DEFAULT_EPOCHS if epochs is None else epochs, 4)  # >= 1 epoch per stage
+    any_rates = {f"cifar-tiny@{stage.image_size}": {"images_per_s": 1.0} for stage in RACE_SCHEDULE.stages}
+    if race:
+        first = plan_race(data_dir, out, rates=any_rates, smoke=smoke, download=download)[0].config
+    else:
+        first = plan_cpu_cifar10(data_dir, out, epochs=epochs, seed=seed, smoke=smoke, schedule=schedule)[0].config
+    check_data_source(first.dataset, first.data_dir, download=first.download, sample=first.sample,
+                      full_data_only=first.full_data_only)  # before any timing
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    plan = plan_cpu_cifar10(data_dir, out, epochs=epochs, seed=seed, smoke=smoke, schedule=schedule)
     throughput_file = out / THROUGHPUT_FILE
     if throughput_file.is_file():
         throughput = read_json(throughput_file)
     else:  # measured before any training, while the machine is as quiet as it will be
-        sizes = sorted({s.image_size for r in plan for s in resolve_schedule(r.config).stages})
+        if race:
+            models_sizes = {"cifar-tiny": [s.image_size for s in RACE_SCHEDULE.stages]}
+        else:
+            plan = plan_cpu_cifar10(data_dir, out, epochs=epochs, seed=seed, smoke=smoke, schedule=schedule)
+            sizes = sorted({s.image_size for r in plan for s in resolve_schedule(r.config).stages})
+            models_sizes = {"cifar-tiny": sizes, "resnet20": [sizes[-1]]}
         timing = dict(steps=1, warmup=0, repeats=1) if smoke else {}
-        batch = SMOKE["batch_size"] if smoke else plan[0].config.batch_size
-        throughput = measure_throughput({"cifar-tiny": sizes, "resnet20": [sizes[-1]]}, batch, **timing)
-        atomic_write_json(throughput_file, throughput)
-    train_images = 10 * SMOKE["subset_per_class"] if smoke else 50_000  # CIFAR-10: 10 classes
-    plan = plan_cpu_cifar10(data_dir, out, epochs=epochs, seed=seed, smoke=smoke, rates=throughput["rates"],
-                            train_images=train_images, schedule=schedule)
+        if race:  # the race trains wherever the trainer would (cpu-cifar10 is a CPU experiment by name)
+            timing["device"] = pick_device(None).type
+        throughput = measure_throughput(models_sizes, SMOKE["batch_size"] if smoke else BATCH_SIZE, **timing)
+        atomic_write_json(throughput_file, {"experiment": name, **throughput})
+    if race:
+        plan = plan_race(data_dir, out, rates=throughput["rates"], budget_s=budget_s, seed=seed, smoke=smoke,
+                         download=download)
+    else:
+        train_images = 10 * SMOKE["subset_per_class"] if smoke else CIFAR10_TRAIN_IMAGES  # CIFAR-10: 10 classes
+        plan = plan_cpu_cifar10(data_dir, out, epochs=epochs, seed=seed, smoke=smoke, rates=throughput["rates"],
+                                train_images=train_images, schedule=schedule)
     runs = [run for run in plan if run.name in only]
     for run in runs:  # before anything trains
         _check_same_run(run)
@@ -256,6 +339,12 @@ def _minutes(seconds: float | None) -> str:
     return "not reached" if seconds is None else f"{seconds / 60:.1f}"
 
 
+def _run_names(throughput: dict[str, Any]) -> tuple[str, ...]:
+    """The runs of the experiment that measured `throughput` (directories from before the race
+    was added hold cpu-cifar10's)."""
+    return RACE_RUNS if throughput.get("experiment") == "race" else RUN_NAMES
+
+
 def load_results(out: str | Path) -> tuple[dict[str, tuple[dict, list, list]], dict[str, Any]]:
     """The finished runs under `out`, in the experiment's order, as {name: (summary, history, loads)},
     each history record with its ``cost_time``; and throughput.json. (What the report and the
@@ -263,7 +352,7 @@ def load_results(out: str | Path) -> tuple[dict[str, tuple[dict, list, list]], d
     out = Path(out)
     throughput = read_json(out / THROUGHPUT_FILE)
     finished = {}
-    for name in RUN_NAMES:
+    for name in _run_names(throughput):
         run_dir = out / name
         if _status(run_dir) == "finished":
             summary = read_json(run_dir / SUMMARY_FILE)
@@ -273,14 +362,20 @@ def load_results(out: str | Path) -> tuple[dict[str, tuple[dict, list, list]], d
     return finished, throughput
 
 
-def results_table(finished: dict[str, tuple[dict, list, list]]) -> list[str]:
-    """The Markdown table of `load_results`' finished runs: one row per run, every figure from its files."""
-    targets = {name: finished[name][0]["final_test_acc"] for name in ("fixed", "progressive") if name in finished}
-    lines = [
-        "| run | model | epochs | sizes (px) | test acc. | BN re-est. (before / after) | cost (min) | wall (min) "
-        "| cost to reach progressive's acc. (min) | cost to reach fixed's acc. (min) | load avg. (mean, max) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+def results_table(finished: dict[str, tuple[dict, list, list]], *, wall_and_load: bool = True) -> list[str]:
+    """The Markdown table of `load_results`' finished runs: one row per run, every figure from its files.
+    `wall_and_load=False` leaves out the measured wall time and the load average (a lesson compares
+    runs by their load-independent cost alone)."""
+    # "fixed": the fixed run of the same epochs, or in the race the budget-matched one
+    runs = {"progressive": "progressive", "fixed": "fixed" if "fixed" in finished else "fixed-time-matched"}
+    targets = {name: finished[run][0]["final_test_acc"] for name, run in runs.items() if run in finished}
+    head = ["run", "model", "epochs", "sizes (px)", "test acc.", "BN re-est. (before / after)", "cost (min)",
+            "wall (min)", "cost to reach progressive's acc. (min)", "cost to reach fixed's acc. (min)",
+            "load avg. (mean, max)"]
+    machine = {"wall (min)", "load avg. (mean, max)"}
+    keep = [wall_and_load or column not in machine for column in head]
+    lines = ["| " + " | ".join(c for c, k in zip(head, keep, strict=True) if k) + " |",
+             "|" + "---|" * sum(keep)]
     for name, (summary, history, loads) in finished.items():
         schedule = ProgressiveSchedule.from_dict(summary["schedule"])
         sizes = " -> ".join(str(s.image_size) for s in schedule.stages)
@@ -291,10 +386,10 @@ def results_table(finished: dict[str, tuple[dict, list, list]]) -> list[str]:
         load = f"{statistics.mean(values):.2f}, {max(values):.2f}" if values else "-"
         reach = [_minutes(_time_to_reach(history, targets[other], "cost_time")) if other in targets else "-"
                  for other in ("progressive", "fixed")]
-        lines.append(f"| {name} | {summary['model']} ({summary['params'] / 1e6:.2f}M) | {summary['epochs_done']} "
-                     f"| {sizes} | {100 * summary['final_test_acc']:.2f}% | {bn_text} "
-                     f"| {sum(r['cost_time'] for r in history) / 60:.1f} | {summary['train_time_s'] / 60:.1f} "
-                     f"| {reach[0]} | {reach[1]} | {load} |")
+        cells = [name, f"{summary['model']} ({summary['params'] / 1e6:.2f}M)", str(summary["epochs_done"]), sizes,
+                 f"{100 * summary['final_test_acc']:.2f}%", bn_text, f"{sum(r['cost_time'] for r in history) / 60:.1f}",
+                 f"{summary['train_time_s'] / 60:.1f}", reach[0], reach[1], load]
+        lines.append("| " + " | ".join(c for c, k in zip(cells, keep, strict=True) if k) + " |")
     return lines
 
 
@@ -308,8 +403,10 @@ def write_report(out: str | Path) -> Path:
     finished, throughput = load_results(out)
     rates = throughput["rates"]
     target = finished["fixed"][0]["final_test_acc"] if "fixed" in finished else None
+    title = ("the race, progressive learning against fixed-size training at equal training cost"
+             if _run_names(throughput) == RACE_RUNS else "progressive learning against its baselines")
     lines = [
-        "# CIFAR-10 on a CPU: progressive learning against its baselines",
+        f"# CIFAR-10 on a CPU: {title}",
         "",
         "Written by `python -m effv2_lib.experiments` after each run from the runs' own files; nothing is typed in.",
         f"Test accuracy: top-1 on the {_test_images(finished)} CIFAR-10 test images after the last epoch, after",
@@ -325,7 +422,8 @@ def write_report(out: str | Path) -> Path:
         schedule = ProgressiveSchedule.from_dict(finished["progressive"][0]["schedule"])
         lines += ["", f"The progressive run's schedule (`{schedule.name or 'custom'}`); the other runs take its "
                       "final stage:", "", "```", *schedule.table().splitlines(), "```"]
-    missing = [name for name in RUN_NAMES if name not in finished]
+        lines += ["", f"Seed {finished['progressive'][0]['config']['seed']} (every run of the experiment shares it)."]
+    missing = [name for name in _run_names(throughput) if name not in finished]
     if missing:
         lines += ["", f"Not run yet (or still running): {', '.join(missing)}."]
     if finished:
@@ -358,18 +456,27 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m effv2_lib.experiments",
         description="Progressive learning against fixed-size training, its ablation and ResNet-20 on CIFAR-10; "
                     "resumable (a rerun skips finished runs and continues an interrupted one).")
-    parser.add_argument("experiment", choices=["cpu-cifar10"])
+    parser.add_argument("experiment", choices=EXPERIMENTS,
+                        help="cpu-cifar10: five runs of the preset (or --schedule); race: progressive against "
+                             "fixed-size training within one budget of training cost each")
     parser.add_argument("--data", default=None, metavar="DIR",
                         help="directory with CIFAR-10's train.npz / test.npz (default: $EFFV2_DATA)")
-    parser.add_argument("--out", required=True, help="experiment directory (one sub-directory per run)")
+    parser.add_argument("--download", action="store_true",
+                        help="without --data: let torchvision download CIFAR-10 into data/ (race only)")
+    parser.add_argument("--out", required=True, type=output_path,
+                        help="experiment directory (one sub-directory per run)")
     recipe = parser.add_mutually_exclusive_group()
     recipe.add_argument("--epochs", type=int, help=f"epoch budget N of the cifar10 preset (default {DEFAULT_EPOCHS})")
     recipe.add_argument("--schedule", type=schedule_file, metavar="FILE",
                         help="the progressive run's schedule as JSON (ProgressiveSchedule.to_json()) instead of "
                              "the preset; the other runs follow its sizes, final stage and epochs")
+    parser.add_argument("--budget-min", type=float, default=RACE_BUDGET_S / 60, metavar="MIN",
+                        help=f"race only: minutes of training cost per run on all 50,000 images at the measured "
+                             f"images/s (default {RACE_BUDGET_S / 60:g})")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--runs", nargs="+", default=list(RUN_NAMES), choices=RUN_NAMES, metavar="RUN",
-                        help=f"which runs, in the experiment's order (default: all: {', '.join(RUN_NAMES)})")
+    parser.add_argument("--runs", nargs="+", default=None, choices=RUN_NAMES, metavar="RUN",
+                        help=f"which runs, in the experiment's order (default: all: {', '.join(RUN_NAMES)}; "
+                             f"the race: {', '.join(RACE_RUNS)})")
     parser.add_argument("--report", action="store_true", help="only rewrite the table and the figure")
     parser.add_argument("--smoke", action="store_true", help="a pipeline check in seconds on 10 images per class "
                                                              "(also EFFV2_QUICK=1); not an experiment")
@@ -383,8 +490,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         print(f"report written to {write_report(args.out)}")
         return 0
-    run_experiment(args.experiment, data, args.out, epochs=args.epochs, seed=args.seed, only=tuple(args.runs),
-                   smoke=smoke, progress=args.progress, schedule=args.schedule,
+    if args.experiment != "race" and (args.download or args.budget_min != RACE_BUDGET_S / 60):
+        raise ValueError("--download and --budget-min are options of the race")
+    run_experiment(args.experiment, data, args.out, epochs=args.epochs, seed=args.seed,
+                   only=None if args.runs is None else tuple(args.runs), smoke=smoke, progress=args.progress,
+                   schedule=args.schedule, budget_s=args.budget_min * 60, download=args.download,
                    command=shlex.join(["python", "-m", "effv2_lib.experiments", *argv]))
     print(f"done: {Path(args.out) / REPORT_FILE}")
     return 0

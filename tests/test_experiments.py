@@ -1,13 +1,16 @@
-"""The CIFAR-10 experiment at a tiny size: its plan, time matching, resuming, the report."""
+"""The CIFAR-10 experiment and the race at a tiny size: their plans, time matching, resuming, the reports."""
 
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
 
 import effv2_lib.experiments as experiments
+import effv2_lib.race as race
 from effv2_lib.config import resolve_schedule, smoke_config
-from effv2_lib.experiments import RUN_NAMES, plan_cpu_cifar10, run_cost, run_experiment
+from effv2_lib.experiments import RUN_NAMES, plan_cpu_cifar10, plan_race, run_cost, run_experiment
+from effv2_lib.race import plot_race, race_progress, summarize_seeds
 from effv2_lib.schedule import ProgressiveSchedule
 from effv2_lib.train import train
 
@@ -137,3 +140,48 @@ def test_the_command_refuses_bad_input_with_one_line(tmp_path, capsys):
     assert "cannot read the schedule file" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown experiment"):
         run_experiment("imagenet", None, tmp_path)
+
+
+def test_the_race_gives_each_run_as_many_epochs_as_fit_in_one_budget(tmp_path):
+    rates = {**RATES, "cifar-tiny@12": {"images_per_s": 1500.0}}
+    budget = 10 * 60.0
+    progressive, fixed = plan_race("DIR", tmp_path, rates=rates, budget_s=budget)
+    schedules = {run.name: resolve_schedule(run.config) for run in (progressive, fixed)}
+    costs = {name: run_cost("cifar-tiny", schedule, 50_000, rates) for name, schedule in schedules.items()}
+    assert [s.image_size for s in schedules["progressive"].stages] == [12, 20, 28]
+    assert schedules["fixed-time-matched"].num_stages == 1
+    assert schedules["fixed-time-matched"].stages[0].image_size == 28
+    for name, schedule in schedules.items():  # within the budget, and one more epoch (per stage) would not be
+        assert costs[name] <= budget, name
+        longer = replace(schedule, total_epochs=schedule.total_epochs + schedule.num_stages)
+        assert run_cost("cifar-tiny", longer, 50_000, rates) > budget, name
+    assert progressive.config.data_dir == fixed.config.data_dir == "DIR" and fixed.config.full_data_only
+    with pytest.raises(ValueError, match="budget_s"):
+        plan_race("DIR", tmp_path, rates=rates, budget_s=-1)
+
+
+def test_the_race_runs_lands_epoch_by_epoch_and_sums_up_over_seeds(tmp_path, capsys):
+    root = tmp_path / "race"
+    with pytest.raises(ValueError, match="the race sets its own schedule"):
+        run_experiment("race", None, root / "seed-0", epochs=4, smoke=True)
+    run_experiment("race", None, root / "seed-0", smoke=True, progress=False, command="race-test")
+    assert json.loads((root / "seed-0" / "throughput.json").read_text())["experiment"] == "race"
+    landed = race_progress(root / "seed-0")
+    assert list(landed) == ["progressive", "fixed"]
+    assert [r["image_size"] for r in landed["progressive"]] == [12, 20, 28]
+    assert all(r["cost_time"] > 0 for records in landed.values() for r in records)
+    report = (root / "seed-0" / "README.md").read_text()
+    assert "| fixed-time-matched |" in report and "Not run yet" not in report
+    figure = plot_race(root / "seed-0", budget_min=1.0)
+    assert len([line for line in figure.axes[0].get_lines() if line.get_marker() == "*"]) == 2
+    shutil.copytree(root / "seed-0", root / "seed-1")
+    rows = summarize_seeds([root / "seed-0", root / "seed-1"])
+    assert rows[0]["lead"] == pytest.approx(100 * (rows[0]["progressive_acc"] - rows[0]["fixed_acc"]))
+    assert race.main([str(root)]) == 0
+    table = (root / "README.md").read_text()
+    assert "| mean of 2 |" in table and table.count("`race-test`") == 2
+    (root / "seed-1" / "fixed-time-matched" / "summary.json").write_text(json.dumps({"status": "stopped"}))
+    with pytest.raises(ValueError, match="has not finished"):
+        summarize_seeds([root / "seed-1"])
+    with pytest.raises(ValueError, match="no epoch of the race"):
+        plot_race(tmp_path)

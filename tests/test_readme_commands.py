@@ -40,6 +40,7 @@ def test_the_readme_documents_training_and_the_experiment():
     assert any("effv2_lib.experiments" in c for c in commands)
     assert any("--fixed-size" in c for c in commands) and any("--auto" in c for c in commands)
     assert any("effv2_lib.experiments" in c and "--schedule" in c for c in commands)  # the tuned recipe
+    assert any(c.startswith("python -m effv2_lib.experiments race ") for c in commands)  # notebook 06's race
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def shrunk(command: str, data: Path, out: Path) -> tuple:
     for flag, value in (("--out", str(out)), ("--model", "cifar-tiny"), ("--epochs", "4")):
         if flag in args:
             args[args.index(flag) + 1] = value
-        elif flag == "--out" or (flag == "--epochs" and is_experiment and "--schedule" not in args):
+        elif flag == "--out" or (flag == "--epochs" and is_experiment and not {"--schedule", "race"} & set(args)):
             args += [flag, value]
     extra = ["--smoke", "--no-progress"] + (["--device", "cpu"] if ENTRY_POINTS[prefix] is train_module.main else [])
     return ENTRY_POINTS[prefix], args + extra
