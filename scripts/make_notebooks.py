@@ -61,7 +61,8 @@ def run_time_line(run_times: dict[str, dict]) -> str:
              + ("" if kind == "cpu" else f"{DEVICE_NAMES.get(kind, kind)}, ")
              + f"measured {record['date'][:10]})" for kind, record in sorted(run_times.items())]
     if not any(kind != "cpu" for kind in run_times):
-        parts.append("on a GPU not measured yet")
+        parts.append("on a GPU not measured yet, and not predicted either: no GPU throughput has been "
+                     "measured to predict it from")
     return (f"{RUN_TIME_PREFIX} the full run takes " + "; ".join(parts)
             + ". With `EFFV2_QUICK=1` (the quick check) every notebook runs in seconds, with figures that "
               "mean nothing.")
@@ -115,7 +116,9 @@ def execute(path: Path, timeout: int) -> float:
     dirty = bool(_git("status", "--porcelain", "--", "effv2_lib", "notebooks", "pyproject.toml"))
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record = notebook.metadata.setdefault("effv2", {})
-    record["outputs"] = {"code_sha256": code_sha256(notebook), "commit": _git("rev-parse", "HEAD"),
+    # Whether the run read the full CIFAR-10: notebook 06's race needs it (make notebooks DATA=DIR).
+    data = "EFFV2_DATA (a directory of the full data)" if os.environ.get("EFFV2_DATA") else "no EFFV2_DATA"
+    record["outputs"] = {"code_sha256": code_sha256(notebook), "commit": _git("rev-parse", "HEAD"), "data": data,
                          "uncommitted_changes": dirty, "library_version": metadata.version("effv2_lib"), "device": kind,
                          "hardware": hardware_text, "date": date, "duration_s": round(duration, 1)}
     run_times = record.setdefault("run_times", {})

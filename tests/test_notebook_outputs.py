@@ -6,6 +6,7 @@ ran; a code edit without a new `make notebooks` makes the outputs stale, and thi
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,44 @@ def test_every_displayed_widget_has_its_state_stored(path):
     stored = notebook["metadata"].get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     missing = shown - set(stored)
     assert not missing, f"{path.name}: widgets {sorted(missing)[:3]} are shown but their state was not stored"
+
+
+# An absolute path of this machine (a run directory, the kernel's temporary file in a warning's prefix):
+# it means nothing on a reader's machine, and names the author's.
+MACHINE_PATH = re.compile(r"(?<![\w.~+-])(?:/(?:tmp|home|root|work|Users|private|mnt|opt|srv|var/folders)/|[A-Z]:\\)")
+
+
+def output_texts(notebook: dict) -> list[tuple[int, str]]:
+    """(cell index, text) of every textual output: streams, errors, and text/* and JSON display data."""
+    texts = []
+    for i, cell in enumerate(notebook["cells"]):
+        for output in cell.get("outputs", []) if cell["cell_type"] == "code" else []:
+            if "text" in output:
+                texts.append((i, "".join(output["text"])))
+            texts += [(i, "".join(value) if isinstance(value, list) else json.dumps(value))
+                      for kind, value in output.get("data", {}).items()
+                      if kind.startswith(("text/", "application/json"))]
+            texts += [(i, line) for line in output.get("traceback", [])]
+    return texts
+
+
+# NB06's committed outputs predate the race lesson (#18): they print its run directories.
+KNOWN_MACHINE_PATHS = pytest.mark.xfail(strict=True, reason="NB06's outputs print absolute run directories (#18)")
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=KNOWN_MACHINE_PATHS) if p.name.startswith("06") else p
+                                  for p in NOTEBOOKS], ids=lambda p: p.stem)
+def test_outputs_hold_no_machine_path(path):
+    hits = [(i, text[max(0, m.start() - 40):m.end() + 40]) for i, text in output_texts(_load(path))
+            for m in MACHINE_PATH.finditer(text)]
+    assert not hits, f"{path.name}: absolute paths in the outputs of cells {hits[:3]}"
+
+
+def test_the_machine_path_check_finds_paths_and_spares_fractions_and_rates():
+    found = [bool(MACHINE_PATH.search(text)) for text in (
+        "/tmp/ipykernel_12/3.py:4: UserWarning", "run in /work/main/runs/race", "C:\\Users\\me",
+        "writing to runs/race-1/progressive", "1,080 img/s, 3/4 done, and/or", "see https://example.org/home/x")]
+    assert found == [True, True, True, False, False, False]
 
 
 def test_the_widget_notebooks_show_their_explorers():

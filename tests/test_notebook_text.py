@@ -48,7 +48,9 @@ def test_solution_code_is_executable_and_collapsed(path):
     for i, cell in enumerate(cells):
         if cell["cell_type"] != "code" or "solution" not in cell["metadata"].get("tags", []):
             continue
-        assert cell["metadata"].get("jupyter", {}).get("source_hidden") is True, f"{path.name}: cell {i} is open"
+        hidden = cell["metadata"].get("jupyter", {})
+        assert hidden.get("source_hidden") is True, f"{path.name}: cell {i} is open"
+        assert hidden.get("outputs_hidden") is True, f"{path.name}: cell {i} shows its output under the exercises"
         assert re.match(r"# Solution to exercise \d+", cell["text"]), f"{path.name}: cell {i} does not say whose"
 
 
