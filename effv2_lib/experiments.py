@@ -1,7 +1,7 @@
 """Experiments: progressive learning against its baselines on real CIFAR-10, one command.
 
 Tan & Le (2021), "EfficientNetV2", Section 4 claims that progressive learning with adaptive
-regularization trains faster at no loss of accuracy, and Section 6.2 that adapting the
+regularization trains faster at no loss of accuracy, and Section 6.3 that adapting the
 regularization to the image size matters. ``cpu-cifar10`` tests both on the full CIFAR-10
 (50,000 training / 10,000 test images) with EfficientNetV2-CIFAR-tiny, sized for a 2-core CPU.
 Every run shares the seed, optimizer, recipe and evaluation; they differ only in what the name
@@ -10,7 +10,7 @@ says:
     progressive            the cifar10 preset scaled to --epochs (16 -> 32 px, regularization grows),
                            or the schedule --schedule FILE gives (a recipe tuned on held-out data)
     fixed                  the same epochs at 32 px with the final stage's regularization (baseline)
-    progressive-fixed-reg  the progressive sizes with the final regularization throughout (Sec. 6.2)
+    progressive-fixed-reg  the progressive sizes with the final regularization throughout (Sec. 6.3)
     fixed-time-matched     32 px for as many epochs as the progressive run's training cost allows
     resnet20-time-matched  ResNet-20 (He et al. 2016) at 32 px, time-matched the same way
 
@@ -146,7 +146,7 @@ def plan_cpu_cifar10(data_dir: str | None, out: str | Path, *, epochs: int = DEF
                            "regularization grows with the size", ),
         run("fixed", f"{last.image_size} px every epoch, the final stage's regularization (the paper's baseline)",
             fixed_size=last.image_size),
-        run("progressive-fixed-reg", "the progressive sizes, the final regularization throughout (Section 6.2)",
+        run("progressive-fixed-reg", "the progressive sizes, the final regularization throughout (Section 6.3)",
             schedule=fixed_reg.to_dict(), epochs=None),
     ]
     if rates is None:

@@ -244,6 +244,9 @@ def test_the_class_a_student_opens_is_the_method():
     modules (run_setup, training_data, run_state, run_report, loop_machinery); Trainer keeps the
     method and stays about 250 lines."""
     assert len(inspect.getsource(trainer_module.Trainer).splitlines()) <= 250
+    lines = {name: len(inspect.getsource(getattr(trainer_module.Trainer, name)).splitlines())
+             for name in ("run", "train_epoch", "train_step")}  # Algorithm 1, an epoch, a step: one screen
+    assert lines["run"] <= 30 and lines["train_epoch"] + lines["train_step"] <= 40, lines
     for moved in ("setup", "load_data", "build_loaders", "epoch_batches", "prepare_out_dir", "load_training_state",
                   "save_training_state", "summary", "describe", "describe_result", "compiling_step",
                   "raise_non_finite"):
