@@ -197,8 +197,10 @@ class CifarSplit(Dataset):
         return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
 
     def __repr__(self) -> str:
+        # An absolute path names this machine's folders; the last two parts say which data it is.
+        source = self.source if not os.path.isabs(self.source) else os.path.join("...", *Path(self.source).parts[-2:])
         return (f"CifarSplit({len(self)} images {list(self.images.shape[1:])} uint8, "
-                f"{len(self.classes)} classes, source={self.source!r})")
+                f"{len(self.classes)} classes, source={source!r})")
 
 
 @dataclass(frozen=True)
