@@ -249,6 +249,12 @@ def _describe(run: Mapping[str, Any]) -> str:
     return f"the run started {started}"
 
 
+def describe_data(data: Mapping[str, Any]) -> str:
+    """A run's data as run.json records them (`effv2_lib.training_data.RunData.record`), in words."""
+    return (f"{data.get('source')} ({data.get('train_images', '?'):,} training images, "
+            f"fingerprint {data.get('fingerprint')})")
+
+
 def prepare_run_dir(out: str | os.PathLike, run: Mapping[str, Any], *, resume: bool = False,
                     overwrite: bool = False, compare: tuple[str, ...] = (),
                     checkpoint: str | os.PathLike | None = None) -> Path:
@@ -258,7 +264,8 @@ def prepare_run_dir(out: str | os.PathLike, run: Mapping[str, Any], *, resume: b
     * `overwrite`: our artifacts in `out` (and `checkpoint`) are deleted, other files stay;
       run.json is written.
     * `resume`: `out` must hold run.json and `checkpoint` must exist, and the saved ``config``
-      must agree with ``run["config"]`` on every key in `compare`; run.json is left as it is.
+      must agree with ``run["config"]`` on every key in `compare`, and the data's fingerprints
+      (``run["data"]``, where both record one) must be equal; run.json is left as it is.
     * `out` holding run.json alone (a run stopped before its first checkpoint: it has not
       started): started afresh, resume or not; run.json is rewritten.
     * otherwise a directory holding a run raises `RunDirectoryError`.
@@ -285,7 +292,8 @@ def prepare_run_dir(out: str | os.PathLike, run: Mapping[str, Any], *, resume: b
     if resume:
         if not run_file.is_file() or not checkpoint.is_file():
             raise RunDirectoryError(f"nothing to resume in {out}: it needs {RUN_FILE} and {checkpoint}, "
-                                    f"found {names or 'neither'}")
+                                    f"found {names or 'neither'}. Start the run with the same command "
+                                    f"without --resume.")
         saved = read_run(run_file)
         saved_config, config = saved.get("config", {}), run["config"]
         differing = [f"{key}: {saved_config.get(key)!r} in the directory, {config.get(key)!r} now"
@@ -294,6 +302,11 @@ def prepare_run_dir(out: str | os.PathLike, run: Mapping[str, Any], *, resume: b
             raise RunDirectoryError(f"{out} holds a different run ({_describe(saved)}); it differs in "
                                     + "; ".join(differing)
                                     + ". Resume it with its own settings, or pick another --out.")
+        saved_data, data = saved.get("data"), run.get("data")
+        if saved_data and data and saved_data.get("fingerprint") != data.get("fingerprint"):
+            raise RunDirectoryError(f"{out} trained on {describe_data(saved_data)}, and this resume would go on "
+                                    f"with {describe_data(data)}. Resume it on the data it started on (the same "
+                                    f"--data, or EFFV2_DATA as it was then), or pick another --out.")
         return out
     if present and not overwrite:
         what = _describe(read_run(run_file)) if run_file.is_file() else "files of a run"

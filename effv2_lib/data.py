@@ -25,6 +25,7 @@ results on CIFAR.
 
 import contextlib
 import contextvars
+import hashlib
 import os
 import socket
 import sys
@@ -56,6 +57,10 @@ def _download_dir() -> Path:
 
 # Where torchvision's downloads go and are looked for.
 DATA_DIR = _download_dir()
+# How messages name it: words that hold on every machine (a notebook's saved output is read on others).
+DATA_DIR_WORDS = ("the repository's data/ folder" if (DATA_DIR / "make_sample.py").is_file()
+                  else f"~/{DATA_DIR.relative_to(Path.home())}" if DATA_DIR.is_relative_to(Path.home())
+                  else str(DATA_DIR))
 # The bundled sample is package data: it travels with every install, editable or not.
 SAMPLE_PATH = resources.files(__package__).joinpath("sample", "cifar10_sample.npz")
 SAMPLE_NAME = f"{__package__}/sample/cifar10_sample.npz"  # how logs and summaries name it
@@ -91,7 +96,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 HOW_TO_GET_DATA = (
     "pass data_dir=DIR or set EFFV2_DATA=DIR (DIR holding train.npz and test.npz with x uint8 "
     "[N, 32, 32, 3] and y [N], or train/<class>/*.png and test/<class>/*.png), "
-    f"or call load_cifar(..., download=True) to fetch it with torchvision into {DATA_DIR}"
+    f"or call load_cifar(..., download=True) to fetch it with torchvision into {DATA_DIR_WORDS}"
 )
 
 # Set while a command-line entry point runs (`effv2_lib._cli.one_line_errors`): the messages then
@@ -122,7 +127,7 @@ def how_to_get_data() -> str:
     text = (f"pass {words['data']} DIR or set {DATA_ENV_VAR}=DIR (DIR holding train.npz and test.npz with x uint8 "
             "[N, 32, 32, 3] and y [N], or train/<class>/*.png and test/<class>/*.png)")
     if words["download"]:
-        text += f", or {words['download']} to fetch it with torchvision into {DATA_DIR}"
+        text += f", or {words['download']} to fetch it with torchvision into {DATA_DIR_WORDS}"
     return text
 
 
@@ -387,6 +392,17 @@ def check_data_source(name: str = "cifar10", data_dir=None, *, download: bool = 
         raise FileNotFoundError(f"the full {name} data set is needed and only the bundled sample was found. "
                                 f"To get it: {how_to_get_data()}.")
     return f"sample:{SAMPLE_NAME}"
+
+
+def fingerprint(*splits: CifarSplit) -> str:
+    """A short hash of the splits' images and labels, in order: the same data give the same string
+    on every machine, any other data (another set, the sample, a subset) another. What a run
+    records of its data, so that a resume cannot continue on different images."""
+    digest = hashlib.blake2b(digest_size=8)
+    for split in splits:
+        digest.update(split.images.contiguous().numpy())  # uint8 [N, 3, 32, 32], read in place
+        digest.update(split.labels.to(torch.int64).contiguous().numpy())
+    return digest.hexdigest()
 
 
 def fit_batch_to_data(batch_size: int, train_images: int, processes: int = 1) -> tuple[int, str | None]:

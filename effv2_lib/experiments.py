@@ -44,7 +44,7 @@ from typing import Any
 
 from ._checks import check_int, check_real
 from ._cli import one_line_errors, output_path, schedule_file
-from .checkpoint import HISTORY_FILE, RUN_FILE, SUMMARY_FILE, atomic_write_json, read_json
+from .checkpoint import HISTORY_FILE, RUN_FILE, SUMMARY_FILE, atomic_write_json, describe_data, read_json
 from .config import SMOKE, TrainConfig, resolve_schedule, smoke_config
 from .data import check_data_source
 from .files import read_run
@@ -224,18 +224,28 @@ def _train_one(run: ExperimentRun, command: str, progress: bool) -> None:
         atomic_write_json(load_file, loads)
 
     result = train(replace(run.config, resume=resume), progress=progress, on_epoch=record_load,
-                   command=f"{command}  # run {run.name}")
+                   command=f"{command}  # run {run.name}", resume_command=command or None)
     if result.status != "finished":
         raise KeyboardInterrupt(f"run {run.name} stopped ({result.status}); rerun the command to resume it")
 
 
-def _check_same_run(run: ExperimentRun) -> None:
-    """Refuse a run directory that holds a run of another model or schedule (a finished one would
-    otherwise be skipped and reported as if it were this experiment's)."""
+def _check_same_run(run: ExperimentRun, source: str) -> None:
+    """Refuse a run directory that holds a run of another model or schedule, a quick check where
+    the real run belongs (or the reverse), or a run on other data than `source` (a finished one
+    would otherwise be skipped and reported as if it were this experiment's)."""
     run_file = Path(run.config.out) / RUN_FILE
     if not run_file.is_file():
         return
-    stored = TrainConfig(**read_run(run_file)["config"])  # as given: a quick check's is shrunk when it trains
+    recorded = read_run(run_file)
+    stored = TrainConfig(**recorded["config"])  # as given: a quick check's is shrunk when it trains
+    if stored.smoke != run.config.smoke:
+        held, wanted = ("a quick check's run", "the real experiment") if stored.smoke else \
+            ("a real run", "the quick check (--smoke or EFFV2_QUICK=1)")
+        raise ValueError(f"{run.config.out} holds {held}; {wanted} needs its own --out")
+    data = recorded.get("data")  # directories from before run.json recorded the data have none
+    if data is not None and data["source"] != source:
+        raise ValueError(f"{run.config.out} holds a run on {describe_data(data)}, and this experiment reads "
+                         f"{source}: give the data that made that directory, or another --out")
     stored, planned = (smoke_config(c) if c.smoke else c for c in (stored, run.config))
     found, wanted = resolve_schedule(stored), resolve_schedule(planned)
     if (stored.model, found) != (planned.model, wanted):
@@ -273,13 +283,17 @@ def run_experiment(name: str, data_dir: str | None, out: str | Path, *, epochs: 
         first = plan_race(data_dir, out, rates=any_rates, smoke=smoke, download=download)[0].config
     else:
         first = plan_cpu_cifar10(data_dir, out, epochs=epochs, seed=seed, smoke=smoke, schedule=schedule)[0].config
-    check_data_source(first.dataset, first.data_dir, download=first.download, sample=first.sample,
-                      full_data_only=first.full_data_only)  # before any timing
+    source = check_data_source(first.dataset, first.data_dir, download=first.download, sample=first.sample,
+                               full_data_only=first.full_data_only)  # before any timing
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     throughput_file = out / THROUGHPUT_FILE
     if throughput_file.is_file():
         throughput = read_json(throughput_file)
+        if throughput.get("quick_check", False) != smoke:  # a quick check times one step: no costs from it
+            held = "a quick check's one-step timing" if smoke is False else "a real experiment's timing"
+            raise ValueError(f"{throughput_file} holds {held}; the {'quick check' if smoke else 'experiment'} "
+                             "needs its own --out")
     else:  # measured before any training, while the machine is as quiet as it will be
         if race:
             models_sizes = {"cifar-tiny": [s.image_size for s in RACE_SCHEDULE.stages]}
@@ -291,7 +305,7 @@ def run_experiment(name: str, data_dir: str | None, out: str | Path, *, epochs: 
         if race:  # the race trains wherever the trainer would (cpu-cifar10 is a CPU experiment by name)
             timing["device"] = pick_device(None).type
         throughput = measure_throughput(models_sizes, SMOKE["batch_size"] if smoke else BATCH_SIZE, **timing)
-        atomic_write_json(throughput_file, {"experiment": name, **throughput})
+        atomic_write_json(throughput_file, {"experiment": name, "quick_check": smoke, **throughput})
     if race:
         plan = plan_race(data_dir, out, rates=throughput["rates"], budget_s=budget_s, seed=seed, smoke=smoke,
                          download=download)
@@ -301,7 +315,7 @@ def run_experiment(name: str, data_dir: str | None, out: str | Path, *, epochs: 
                                 train_images=train_images, schedule=schedule)
     runs = [run for run in plan if run.name in only]
     for run in runs:  # before anything trains
-        _check_same_run(run)
+        _check_same_run(run, source)
     for run in runs:
         state = _status(Path(run.config.out))
         print(f"== {run.name}: {run.description} [{'already finished' if state == 'finished' else state}]",

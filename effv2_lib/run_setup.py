@@ -15,14 +15,14 @@ everywhere (it beats per-sample transforms on CPUs too: `effv2_lib.bench_data`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from .augment import DeviceLoader
 from .config import TrainConfig, resolve_schedule
-from .data import CifarData
+from .data import CifarData, fit_batch_to_data
 from .distributed import Ranks
 from .model import build_model
 from .optim import ModelEMA, WarmupThenDecay, build_optimizer
@@ -37,6 +37,7 @@ __all__ = ["TrainingSetup", "build_training"]
 class TrainingSetup:
     """What `effv2_lib.trainer.Trainer` trains with, built by `build_training`."""
 
+    config: TrainConfig  # as trained: the batch fitted to the data when it was larger
     # speed: bf16 autocast, memory format, how often the host reads the loss, which loader
     bf16: bool
     channels_last: bool
@@ -73,6 +74,10 @@ def build_training(config: TrainConfig, ranks: Ranks, device: torch.device, *, d
         torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
     schedule = resolve_schedule(cfg)
     run_data = load_run_data(cfg, data, log)
+    batch_size, notice = fit_batch_to_data(cfg.batch_size, len(run_data.train), ranks.world_size)
+    if notice is not None:  # a batch larger than the data would give no step at all
+        log(notice)
+        cfg = replace(cfg, batch_size=batch_size)
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, run_data.num_classes, dropout=schedule.stages[0].dropout)
@@ -93,5 +98,5 @@ def build_training(config: TrainConfig, ranks: Ranks, device: torch.device, *, d
     ema = ModelEMA(model, cfg.ema_decay) if cfg.ema else None
     # Each rank draws its own dropout / stochastic-depth masks from here on.
     seed_everything(derived_seed(cfg.seed, SEED_RANK, ranks.rank))
-    return TrainingSetup(bf16, channels_last, sync_every, loader_kind, schedule, run_data, model, eval_size,
+    return TrainingSetup(cfg, bf16, channels_last, sync_every, loader_kind, schedule, run_data, model, eval_size,
                          optimizer, lr_factor, scheduler, ema, batches, test_loader, bn_loader)

@@ -26,6 +26,7 @@ from .config import RUNTIME_FIELDS, TrainConfig
 from .distributed import Ranks
 from .run_directory import RunDirectory
 from .run_setup import TrainingSetup
+from .training_data import RunData
 
 __all__ = ["ResumePoint", "open_run_directory", "read_resume_point", "save_training_state", "resume_hint"]
 
@@ -44,17 +45,19 @@ class ResumePoint:
 
 
 def open_run_directory(config: TrainConfig, given_config: TrainConfig, ranks: Ranks,
-                       command: str | None) -> RunDirectory:
+                       command: str | None, data: RunData) -> RunDirectory:
     """The run's directory: run.json written for a new run, or checked to hold this run on a resume
-    (every config field but the runtime ones must agree). Rank 0 decides, then every rank fails or none.
+    (every config field but the runtime ones must agree, and the data must be the same images).
+    Rank 0 decides, then every rank fails or none.
 
-    `given_config` is the config as given (a smoke run's unshrunk), what run.json records."""
+    `given_config` is the config as given (a smoke run's unshrunk), what run.json records, with
+    where the data came from and their fingerprint (`RunData.record`)."""
     run_dir = RunDirectory(config.out, config.checkpoint_dir, writer=ranks.is_main)
     if run_dir.out is None:
         return run_dir
     error = None
     if ranks.is_main:
-        run = {"config": given_config.to_dict(), "command": command}
+        run = {"config": given_config.to_dict(), "command": command, "data": data.record()}
         compare = tuple(f.name for f in fields(TrainConfig) if f.name not in RUNTIME_FIELDS)
         try:
             run_dir.create_or_resume(run, resume=config.resume, overwrite=config.overwrite, compare=compare)
@@ -83,6 +86,9 @@ def read_resume_point(run_dir: RunDirectory, setup: TrainingSetup, ranks: Ranks,
     else:
         warnings.warn(f"the checkpoint was written by {len(where['rng'])} process(es), this run has "
                       f"{ranks.world_size}: random streams restart from the seed", stacklevel=2)
+    if not run_dir.checkpoint.is_file():
+        log(f"{out} holds no checkpoint (the run stopped before its first one): starting it from the beginning")
+        return start
     at = f"epoch {start.epoch + 1} of {setup.schedule.total_epochs}"
     if start.step:
         at += f", step {start.step + 1} of {setup.steps_per_epoch}"
@@ -103,8 +109,11 @@ def save_training_state(run_dir: RunDirectory, setup: TrainingSetup, ranks: Rank
                  config=config.to_dict(), history=history, elapsed=elapsed, compile_error=compile_error)
 
 
-def resume_hint(run_dir: RunDirectory, out: str | None) -> str:
-    """Where the stopped run's state is and how to continue it (the checkpoint was just saved)."""
+def resume_hint(run_dir: RunDirectory, out: str | None, resume_command: str | None = None) -> str:
+    """Where the stopped run's state is and how to continue it (the checkpoint was just saved):
+    `resume_command` when the run belongs to a larger command (an experiment resumes its runs
+    itself), else train's --resume."""
     if run_dir.checkpoint is None:
         return "no output directory, nothing saved"
-    return f"checkpoint saved to {run_dir.checkpoint}; continue with --resume --out {out}"
+    how = f"by running {resume_command} again" if resume_command else f"with --resume --out {out}"
+    return f"checkpoint saved to {run_dir.checkpoint}; continue {how}"

@@ -43,7 +43,8 @@ __all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "auto_config", "t
 
 def train(config: TrainConfig, progress: bool = True, *, data: CifarData | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
-          on_step: Callable[[int, int], None] | None = None, command: str | None = None) -> TrainResult:
+          on_step: Callable[[int, int], None] | None = None, command: str | None = None,
+          resume_command: str | None = None) -> TrainResult:
     """Run the training `config` describes (see `effv2_lib.trainer` for what happens).
 
     Args:
@@ -54,6 +55,8 @@ def train(config: TrainConfig, progress: bool = True, *, data: CifarData | None 
         on_epoch: called with each epoch's history record (e.g. to plot live in a notebook).
         on_step: called as on_step(epoch, step) (0-based) after every optimizer step.
         command: the command line, recorded in run.json and summary.json.
+        resume_command: what continues the run when it stops early, if not train's --resume (an
+            experiment's own command: it resumes its runs itself).
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite.
@@ -62,7 +65,8 @@ def train(config: TrainConfig, progress: bool = True, *, data: CifarData | None 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     trainer = Trainer(config, data=data, progress=progress, on_epoch=on_epoch, on_step=on_step,
-                      command=command if command is not None else "effv2_lib.train.train(TrainConfig(...))")
+                      command=command if command is not None else "effv2_lib.train.train(TrainConfig(...))",
+                      resume_command=resume_command)
     try:
         return trainer.run()
     finally:

@@ -95,7 +95,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, data: CifarData | None = None, progress: bool = True,
                  on_epoch: Callable[[dict], None] | None = None, on_step: Callable[[int, int], None] | None = None,
-                 command: str | None = None) -> None:
+                 command: str | None = None, resume_command: str | None = None) -> None:
         self.given_config = config  # what run.json records and a resume is compared with (smoke unshrunk)
         self.config = smoke_config(config) if config.smoke else config
         self.given_data = data
@@ -103,6 +103,7 @@ class Trainer:
         self.on_epoch = on_epoch
         self.on_step = on_step
         self.command = command
+        self.resume_command = resume_command  # how a stopped run continues, when not train --resume
         self.ranks, self.device = Ranks.from_environment(self.config.device)
 
     def log(self, message: str) -> None:
@@ -250,7 +251,8 @@ class Trainer:
         self.schedule, self.batches, self.model = self.setup.schedule, self.setup.batches, self.setup.model
         self.optimizer, self.scheduler, self.ema = self.setup.optimizer, self.setup.scheduler, self.setup.ema
         self.steps_per_epoch = self.setup.steps_per_epoch
-        self.run_dir = open_run_directory(self.config, self.given_config, self.ranks, self.command)
+        self.config = self.setup.config  # as trained: a batch larger than the data is fitted to it
+        self.run_dir = open_run_directory(self.config, self.given_config, self.ranks, self.command, self.setup.data)
         self.start = (read_resume_point(self.run_dir, self.setup, self.ranks, self.device, out=self.config.out,
                                         log=self.log) if self.config.resume else ResumePoint())
         self.history = self.start.history
@@ -289,12 +291,12 @@ class Trainer:
         """Save the state at `step` of `epoch` (where a resume continues) and say so."""
         self.save(epoch, step, meter.partial())
         self.log(f"stopped at epoch {epoch + 1}, step {step}/{self.steps_per_epoch}; "
-                 f"{resume_hint(self.run_dir, self.config.out)}")
+                 f"{resume_hint(self.run_dir, self.config.out, self.resume_command)}")
 
     def stop_requested(self, epoch: int, stop: StopOnSignal) -> str | None:
         """After an epoch: "interrupted" if any rank got Ctrl-C or SIGTERM, "stopped" at
         `stop_after`, None to go on."""
-        cfg, hint = self.config, resume_hint(self.run_dir, self.config.out)
+        cfg, hint = self.config, resume_hint(self.run_dir, self.config.out, self.resume_command)
         if self.ranks.any(stop.requested, self.device):
             self.log(f"stopped after epoch {epoch + 1}; {hint}")
             return "interrupted"

@@ -32,7 +32,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .augment import DeviceLoader, mix_batch, train_transform
 from .checkpoint import restore_rng_state
 from .config import TrainConfig
-from .data import NORMALIZATION, CifarData, CifarSplit, SampleDataWarning, hold_out, load_cifar, subset
+from .data import NORMALIZATION, CifarData, CifarSplit, SampleDataWarning, fingerprint, hold_out, load_cifar, subset
 from .distributed import Ranks
 from .runtime import derived_seed
 from .schedule import Stage
@@ -61,6 +61,13 @@ class RunData:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def record(self) -> dict:
+        """What run.json keeps of the data, so that a resume on other images is refused: where they
+        came from, how many, and a fingerprint of the images and labels trained and tested on."""
+        return {"source": self.source, "sample": self.is_sample, "train_images": len(self.train),
+                "test_images": len(self.test), "evaluated_on": self.evaluated_on,
+                "fingerprint": fingerprint(self.train, self.test)}
 
 
 def load_run_data(config: TrainConfig, data: CifarData | None, log: Callable[[str], None]) -> RunData:

@@ -79,7 +79,7 @@ def test_a_schedule_file_sets_the_progressive_run_and_the_baselines_follow_it(tm
 def test_a_directory_of_another_recipe_is_refused_before_anything_trains(tmp_path, monkeypatch):
     out = tmp_path / "exp"
     (out / "fixed").mkdir(parents=True)
-    (out / "throughput.json").write_text(json.dumps({"rates": RATES}))
+    (out / "throughput.json").write_text(json.dumps({"rates": RATES, "quick_check": True}))
     # fixed, as a 12-epoch preset experiment left it (run.json holds the config as given)
     old = plan_cpu_cifar10(None, out, epochs=12, smoke=True)[1].config
     (out / "fixed" / "run.json").write_text(json.dumps({"config": old.to_dict()}))
