@@ -2,8 +2,8 @@
 
 The commands are read from the README's code blocks, so a command that stops working, or that
 cannot be resumed by repeating it with --resume, fails here. To keep the test short each runs
-with --smoke (10 images per class), cifar-tiny instead of cifar and at most 4 epochs, on a small
-npz data set where the command names DIR.
+with --smoke (10 images per class), cifar-tiny instead of cifar and at most 4 epochs (the
+CPU experiment: its first two runs), on a small npz data set where the command names DIR.
 """
 
 import os
@@ -65,6 +65,8 @@ def shrunk(command: str, data: Path, out: Path) -> tuple:
             args[args.index(flag) + 1] = value
         elif flag == "--out" or (flag == "--epochs" and is_experiment and not {"--schedule", "race"} & set(args)):
             args += [flag, value]
+    if is_experiment and "cpu-cifar10" in args and "--runs" not in args:
+        args += ["--runs", "progressive", "fixed"]  # the first two of five: the resume of a run, then the next
     extra = ["--smoke", "--no-progress"] + (["--device", "cpu"] if ENTRY_POINTS[prefix] is train_module.main else [])
     return ENTRY_POINTS[prefix], args + extra
 
