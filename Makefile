@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast lint lab notebooks train experiment experiment-tuned race bench clean-venv
+.PHONY: test test-fast lint lab notebooks train experiment experiment-tuned race search bench clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,12 @@ race: $(STAMP)
 			--out results/cpu-cifar10-race/seed-$$seed --no-progress || exit 1; \
 	done
 	$(PY) -m effv2_lib.race results/cpu-cifar10-race
+
+# The training-aware search in miniature (effv2_lib.search): cifar-tiny and 30 candidates, each
+# trained 2 epochs at 16 px on 10,000 training images; rerun to resume.
+search: $(STAMP)
+	@test -n "$(DATA)" || { echo "make search needs DATA=DIR (a directory with CIFAR-10's train.npz and test.npz)"; exit 2; }
+	$(PY) -m effv2_lib.search --data "$(DATA)" --candidates 30 --seed 0 --out results/cpu-cifar10-search
 
 bench: $(STAMP)
 	$(PY) -m effv2_lib.bench
