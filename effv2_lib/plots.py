@@ -24,7 +24,8 @@ from .schedule import ProgressiveSchedule
 
 __all__ = ["plot_schedule", "plot_image_grid", "plot_history", "plot_time_to_accuracy", "plot_confusion_matrix",
            "plot_mixup_lambda", "plot_block_probabilities", "plot_dropped_features",
-           "plot_accuracy_and_size", "plot_class_examples", "plot_grouped_bars", "plot_drop_statistics"]
+           "plot_accuracy_and_size", "plot_class_examples", "plot_grouped_bars", "plot_drop_statistics",
+           "plot_search"]
 
 STAGE_BOUNDARY_GID = "stage-boundary"  # gid of the vertical lines between stages
 FIGURE_LEGEND_GID = "figure-legend"  # gid of the one legend below a figure's panels
@@ -642,4 +643,38 @@ def plot_dropped_features(features_by_rate: Mapping[float, Any], shape: tuple[in
         zeroed = 1 - picture.count() / picture.size
         ax.set(title=rf"$\gamma$ = {rate:.3g}: {zeroed:.0%} zeroed", xticks=[], yticks=[])
     fig.colorbar(image, ax=axes, shrink=0.8, label="feature value")
+    return fig
+
+
+def plot_search(records: Sequence[Mapping[str, Any]], *, front: Sequence[str] = (), reference: str | None = None,
+                winner: str | None = None, ax: Axes | None = None,
+                title: str = "Searched networks: accuracy against training step time") -> Figure:
+    """The searched networks (`effv2_lib.search`) as points: training step time (ms) against proxy
+    accuracy, the accuracy/step-time front as a line through its networks, `reference` (cifar-tiny)
+    and the reward's `winner` marked. The legend sits below the axes."""
+    if not records or not all(isinstance(r, Mapping) and {"name", "accuracy", "step_time_s"} <= r.keys()
+                              for r in records):
+        raise ValueError("records must be a non-empty list of search records (name, accuracy, step_time_s)")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7.0, 4.4), layout="constrained")
+    fig = ax.figure
+    by_name = {r["name"]: r for r in records}
+    unknown = [n for n in (*front, reference, winner) if n is not None and n not in by_name]
+    if unknown:
+        raise ValueError(f"{unknown} are not among the records")
+
+    def xy(names: Sequence[str]) -> tuple[list[float], list[float]]:
+        return ([1000 * by_name[n]["step_time_s"] for n in names], [100 * by_name[n]["accuracy"] for n in names])
+
+    handles = [ax.scatter(*xy(list(by_name)), s=18, color="0.6", label="candidate")]
+    if front:
+        handles += ax.plot(*xy(front), color="C0", marker="o", markersize=4, label="front: none faster and better")
+    if reference is not None:
+        handles.append(ax.scatter(*xy([reference]), s=120, marker="*", color="C3", zorder=3, label="cifar-tiny"))
+    if winner is not None:
+        handles.append(ax.scatter(*xy([winner]), s=90, facecolors="none", edgecolors="C2", linewidths=2, zorder=3,
+                                  label="best reward"))
+    ax.set(xlabel="training step time (ms per batch)", ylabel="proxy accuracy (%)", title=title)
+    ax.grid(alpha=0.3)
+    _legend_below(fig, handles)
     return fig

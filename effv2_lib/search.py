@@ -146,8 +146,10 @@ class Candidate:
 
 @functools.cache
 def skeleton() -> ModelSpec:
-    """cifar-tiny's spec: the stem, strides, widths and head every candidate keeps."""
-    return efficientnetv2_cifar_tiny(num_classes=10).spec
+    """cifar-tiny's spec: the stem, strides, widths and head every candidate keeps (read off the
+    network its factory builds, with torch's random state left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        return efficientnetv2_cifar_tiny(num_classes=10).spec
 
 
 _CIFAR_TINY_STOCHASTIC_DEPTH = inspect.signature(efficientnetv2_cifar_tiny).parameters["stochastic_depth_prob"].default
@@ -338,7 +340,8 @@ def _hardware_words(facts: dict[str, Any]) -> str:
 
 def write_report(out: str | Path, top: int = 10) -> Path:
     """out/README.md: the ranking by the paper's reward, the accuracy/step-time Pareto front, and
-    what the best `top` share per stage against every candidate, from search.json alone."""
+    what the best `top` share per stage against every candidate, from search.json alone; and
+    out/search.png, the networks as points (`effv2_lib.plots.plot_search`)."""
     out = Path(out)
     search = load_search(out)
     ranked = rank(search)
@@ -368,9 +371,21 @@ def write_report(out: str | Path, top: int = 10) -> Path:
     for i, (b, a) in enumerate(zip(best, everyone, strict=True), 1):
         lines.append(f"| {i} | {b['fused']:.0%} ({a['fused']:.0%}) | {b['kernel5']:.0%} ({a['kernel5']:.0%}) | "
                      f"{b['expansion']:.1f} ({a['expansion']:.1f}) | {b['layers']:.1f} ({a['layers']:.1f}) |")
+    lines += ["", "![accuracy against step time](search.png)"]
     path = out / "README.md"
     path.write_text("\n".join(lines) + "\n")
+    _write_figure(out / "search.png", ranked, reference["name"])
     return path
+
+
+def _write_figure(path: Path, ranked: list[dict[str, Any]], reference: str) -> None:
+    import matplotlib.pyplot as plt
+
+    from .plots import plot_search
+
+    fig = plot_search(ranked, front=pareto_front(ranked), reference=reference, winner=ranked[0]["name"])
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 @one_line_errors
@@ -397,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a pipeline check in seconds (also EFFV2_QUICK=1)")
     parser.add_argument("--report", action="store_true", help="only rewrite README.md from search.json")
     args = parser.parse_args(argv)
+    if "matplotlib.pyplot" not in sys.modules:
+        import matplotlib
+        matplotlib.use("Agg")  # files only; no window
     if not args.report:
         smoke = args.smoke or is_quick_check()
         budget = QUICK_BUDGET if smoke else ProxyBudget(args.image_size, args.epochs, args.train_per_class,

@@ -36,9 +36,10 @@ from matplotlib.figure import Figure
 
 from ._checks import check_choice, check_int, check_real
 from .augment import mixup_batch
-from .plots import SCHEDULE_PANELS, plot_image_grid, plot_schedule
+from .plots import SCHEDULE_PANELS, plot_image_grid, plot_schedule, plot_search
 from .randaugment import MAX_PAPER_LEVEL, RANDAUGMENTS
 from .schedule import MAX_RANDAUG, MIN_IMAGE_SIZE, PRESETS, RANDAUG_OP_TABLES, RULES, ProgressiveSchedule
+from .search import REWARD_V, REWARD_W, Candidate, pareto_front, rank
 from .timing import (
     DEFAULT_MAX_EXTRAPOLATION,
     check_images_per_s,
@@ -50,7 +51,7 @@ from .timing import (
 )
 
 __all__ = ["ScheduleExplorer", "schedule_explorer", "AugmentationExplorer", "augmentation_explorer",
-           "DOM_CLASS_PREFIX", "epoch_range", "size_range", "custom_label"]
+           "RewardExplorer", "reward_explorer", "DOM_CLASS_PREFIX", "epoch_range", "size_range", "custom_label"]
 
 DOM_CLASS_PREFIX = "effv2-"  # every explorer part carries the CSS class effv2-<name> (browser tests)
 CUSTOM_NAME = "custom"  # schedule name once the controls no longer match the chosen preset
@@ -714,3 +715,100 @@ def augmentation_explorer(images: torch.Tensor, labels: Sequence[int] | torch.Te
     """
     return AugmentationExplorer(images, labels, classes, magnitude=magnitude, mixup_alpha=mixup_alpha,
                                 num_ops=num_ops, seed=seed, dpi=dpi, randaug_ops=randaug_ops)
+
+
+# ------------------------------------------------------------------------------ search reward
+
+MAX_REWARD_EXPONENT = 1.0  # |w|, |v| up to 1: the paper's 0.07 and 0.05 are near the left end
+
+
+class RewardExplorer:
+    """The search's reward A * S^w * P^v (Section 3.3) with w and v on sliders, over a finished
+    search (`effv2_lib.search`): the ranking is redone from the stored A, S and P at every move.
+
+    Build it with `reward_explorer`. The figure shows every network as a point (step time against
+    accuracy), the front no network beats on both, cifar-tiny, and the current winner; the table
+    lists the best five with their stage codes, and the line under it says where cifar-tiny
+    ranks and what the winner changes in each stage. w = v = 0 ranks by accuracy alone; the more
+    negative w, the more a fast network is worth.
+
+    Attributes: ``widget`` (to display), ``controls`` (``w``, ``v``; CSS classes effv2-<name>),
+    ``ranked`` (the records, best reward first, each with its ``reward``), ``winner`` (its name),
+    ``plot`` (Image widget, effv2-reward-plot), ``table`` (HTML widget, effv2-reward-table) and
+    ``figure``. Plain text: ``PLAIN_TEXT``.
+    """
+
+    PLAIN_TEXT = "Reward explorer (interactive; run the notebook to use it)"
+
+    def __init__(self, search: Mapping[str, Any], *, w: float = REWARD_W, v: float = REWARD_V, top: int = 5,
+                 dpi: int = 80) -> None:
+        if not isinstance(search, Mapping) or not search.get("reference") or not search.get("candidates"):
+            raise ValueError("search must be a finished search (effv2_lib.search.load_search): a reference and "
+                             "at least one candidate")
+        self.search, self.top, self.dpi = search, check_int("top", top, 1), _check_dpi(dpi)
+        self.front = pareto_front([search["reference"], *search["candidates"]])  # does not depend on w, v
+        slider = dict(min=-MAX_REWARD_EXPONENT, max=0.0, step=0.01, readout_format=".2f", continuous_update=False,
+                      style=_DESCRIPTION_STYLE, layout=_SLIDER_LAYOUT)
+        self.controls: dict[str, widgets.Widget] = {
+            "w": widgets.FloatSlider(value=check_real("w", w, -MAX_REWARD_EXPONENT, 0.0),
+                                     description="w (time)", **slider),
+            "v": widgets.FloatSlider(value=check_real("v", v, -MAX_REWARD_EXPONENT, 0.0),
+                                     description="v (size)", **slider),
+        }
+        for name, control in self.controls.items():
+            _tag(control, name)
+        self.plot = _tag(widgets.Image(format="png"), "reward-plot")
+        self.table = _tag(widgets.HTML(), "reward-table")
+        self.figure = Figure(figsize=(7.5, 4.6), layout="constrained")
+        self._ax = self.figure.subplots()
+        self.widget = _tag(_ExplorerBox([widgets.VBox(list(self.controls.values())), self.table, self.plot],
+                                        self.PLAIN_TEXT), "reward-explorer")
+        self._update()
+        for control in self.controls.values():
+            control.observe(lambda change: self._update(), names="value")
+
+    def _repr_mimebundle_(self, **kwargs):  # the explorer displays as its widget (text/plain: PLAIN_TEXT)
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def close(self) -> None:
+        """Close every widget of the explorer (nothing left in the notebook's saved widget state)."""
+        _close_tree(self.widget)
+
+    def _update(self) -> None:
+        w, v = self.controls["w"].value, self.controls["v"].value
+        self.ranked = rank(self.search, w=w, v=v)
+        self.winner = self.ranked[0]["name"]
+        reference = self.search["reference"]["name"]
+        self._ax.clear()
+        for legend in self.figure.legends:
+            legend.remove()
+        plot_search(self.ranked, front=self.front, reference=reference, winner=self.winner, ax=self._ax,
+                    title=f"Best reward at w = {w:.2f}, v = {v:.2f}")
+        self.plot.value = _png(self.figure, self.dpi)
+        self.table.value = self._table_html(reference)
+
+    def _table_html(self, reference: str) -> str:
+        rows = "".join(
+            f"<tr><td>{place}</td><td><code>{html.escape(r['name'])}</code>"
+            f"{' (cifar-tiny)' if r['name'] == reference else ''}"
+            f"</td><td>{r['accuracy']:.1%}</td><td>{1000 * r['step_time_s']:.0f}</td>"
+            f"<td>{r['params'] / 1e6:.2f}</td><td>{r['reward']:.4f}</td></tr>"
+            for place, r in enumerate(self.ranked[:self.top], 1))
+        place = next(i for i, r in enumerate(self.ranked, 1) if r["name"] == reference)
+        changes = [f"stage {i}: {ours.code} → {theirs.code}" for i, (ours, theirs) in enumerate(zip(
+            Candidate.from_name(reference).stages, Candidate.from_name(self.winner).stages, strict=True), 1)
+            if ours != theirs]
+        against = "; ".join(changes) if changes else "it is cifar-tiny"
+        return ("<table><tr><th>rank</th><th>network</th><th>A</th><th>S (ms)</th><th>P (M)</th><th>reward</th></tr>"
+                f"{rows}</table><p>cifar-tiny ranks {place} of {len(self.ranked)}. The winner against cifar-tiny: "
+                f"{html.escape(against)}.</p>")
+
+
+def reward_explorer(search: Mapping[str, Any], *, w: float = REWARD_W, v: float = REWARD_V, top: int = 5,
+                    dpi: int = 80) -> RewardExplorer:
+    """Sliders for the reward's exponents over a finished search (see RewardExplorer). In a notebook:
+
+        explorer = reward_explorer(load_search("results/cpu-cifar10-search"))
+        display(explorer.widget)
+    """
+    return RewardExplorer(search, w=w, v=v, top=top, dpi=dpi)

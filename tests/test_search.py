@@ -73,3 +73,4 @@ def test_a_search_resumes_and_refuses_other_settings(tmp_path, capsys):
         search.run_search(out, 1, seed=1, budget=QUICK_BUDGET, sample=True, device="cpu")
     report = search.write_report(out).read_text()
     assert f"`{REFERENCE.name} (cifar-tiny)`" in report and "held-out training images" in report
+    assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"

@@ -18,7 +18,8 @@ import torch  # noqa: E402
 from effv2_lib import timing, widgets  # noqa: E402
 from effv2_lib.randaugment import AutomlRandAugment  # noqa: E402
 from effv2_lib.schedule import PRESETS, ProgressiveSchedule  # noqa: E402
-from effv2_lib.widgets import augmentation_explorer, schedule_explorer  # noqa: E402
+from effv2_lib.search import REFERENCE, sample_candidates  # noqa: E402
+from effv2_lib.widgets import augmentation_explorer, reward_explorer, schedule_explorer  # noqa: E402
 
 
 def _lines_fingerprint(figure, dpi):
@@ -496,3 +497,34 @@ def test_a_preset_sets_the_op_table_and_the_table_control_changes_it(fast_png):
     explorer.controls["randaug_ops"].value = "automl"
     assert explorer.schedule.randaug_ops == "automl" and explorer.schedule.name == "custom"
     assert "automl RandAugment ops" in explorer.table.value
+
+
+# ------------------------------------------------------------------------------ reward explorer
+def _a_search() -> dict:
+    """cifar-tiny, a fast and slightly worse network, a slow, large and better one."""
+    fast, big = (c.name for c in sample_candidates(2, seed=0))
+    return {"reference": {"name": REFERENCE.name, "accuracy": 0.40, "step_time_s": 0.2, "params": 800_000},
+            "candidates": [{"name": fast, "accuracy": 0.38, "step_time_s": 0.1, "params": 800_000},
+                           {"name": big, "accuracy": 0.45, "step_time_s": 0.4, "params": 4_000_000}]}
+
+
+def test_the_reward_explorer_reranks_as_the_exponents_move():
+    search = _a_search()
+    fast, big = (c["name"] for c in search["candidates"])
+    explorer = reward_explorer(search, w=0.0, v=0.0)
+    assert explorer.winner == big  # accuracy alone
+    png = explorer.plot.value
+    explorer.controls["w"].value = -0.5  # 0.38 * 0.5^-0.5 = 0.54 beats 0.40 and 0.45 * 2^-0.5 = 0.32
+    assert explorer.winner == fast and explorer.ranked[-1]["name"] == big
+    assert explorer.plot.value != png and explorer.plot.value[:4] == b"\x89PNG"
+    assert "cifar-tiny ranks 2 of 3" in explorer.table.value and f"<code>{fast}</code>" in explorer.table.value
+    explorer.controls["w"].value, explorer.controls["v"].value = -0.07, -0.05  # the paper's: cifar-tiny
+    assert explorer.winner == REFERENCE.name and "it is cifar-tiny" in explorer.table.value
+    explorer.close()
+
+
+def test_the_reward_explorer_refuses_an_unfinished_search():
+    with pytest.raises(ValueError, match="a reference and at least one candidate"):
+        reward_explorer({"reference": None, "candidates": []})
+    with pytest.raises(ValueError, match="w"):
+        reward_explorer(_a_search(), w=0.5)
