@@ -24,7 +24,7 @@ from pathlib import Path
 from .data import command_line_words
 from .schedule import ProgressiveSchedule
 
-__all__ = ["TRACEBACK_ENV_VAR", "one_line_errors", "schedule_file", "int_at_least", "output_path"]
+__all__ = ["TRACEBACK_ENV_VAR", "one_line_errors", "schedule_file", "int_at_least", "output_path", "model_name"]
 
 TRACEBACK_ENV_VAR = "EFFV2_TRACEBACK"
 
@@ -92,3 +92,14 @@ def output_path(text: str) -> str:
         raise argparse.ArgumentTypeError(f"expected a path, got {text!r} (an empty path would write into the "
                                          "current directory; give a directory name such as runs/NAME)")
     return text
+
+
+def model_name(text: str) -> str:
+    """``--model`` (an argparse type): a named network (effv2_lib.model.MODEL_NAMES) or ``arch:`` and
+    a searched network's stage codes (effv2_lib.search), else a usage error saying which exist."""
+    from .model import check_model_name
+
+    try:
+        return check_model_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

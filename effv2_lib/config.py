@@ -16,7 +16,7 @@ from typing import Any
 
 from ._checks import check_choice, check_int, check_real
 from .data import DATA_ENV_VAR, NORMALIZATION, torchvision_folder
-from .model import MODEL_NAMES
+from .model import check_model_name
 from .optim import LR_SCHEDULES, OPTIMIZERS
 from .runtime import pick_device
 from .schedule import PRESETS, ProgressiveSchedule
@@ -90,7 +90,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.schedule, ProgressiveSchedule):
             self.schedule = self.schedule.to_dict()
-        for name, allowed in (("model", MODEL_NAMES), ("dataset", tuple(NORMALIZATION)), ("optimizer", OPTIMIZERS),
+        check_model_name(self.model)
+        for name, allowed in (("dataset", tuple(NORMALIZATION)), ("optimizer", OPTIMIZERS),
                               ("lr_schedule", LR_SCHEDULES), ("loader", LOADERS)):
             check_choice(name, getattr(self, name), allowed)
         # Checked values are stored as plain int / float: numpy scalars would not go into run.json.

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ._cli import int_at_least, one_line_errors, output_path
+from ._cli import model_name as model_name_type
 
 __all__ = ["EvalResult", "evaluate", "reestimate_batchnorm", "main"]
 
@@ -170,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("weights", nargs="+", help="run directories and/or weight files (shards are merged)")
     parser.add_argument("--data", required=True, help="directory with test.npz (and train.npz) or "
                                                       "an ImageFolder tree; see effv2_lib.data")
-    parser.add_argument("--model", default=None, choices=MODEL_NAMES,
-                        help="model name (default: from the run's summary.json)")
+    parser.add_argument("--model", default=None, type=model_name_type, metavar="NAME",
+                        help=f"model name: {', '.join(MODEL_NAMES)}, or arch:CODES (effv2_lib.search) "
+                             f"(default: from the run's summary.json)")
     parser.add_argument("--dataset", default=None, choices=["cifar10", "cifar100"])
     parser.add_argument("--eval-size", type=int_at_least(8), default=None, metavar="PX",
                         help="test image size in px, >= 8 (default: the run's, else 32)")

@@ -43,6 +43,8 @@ __all__ = [
     "efficientnetv2_cifar",
     "efficientnetv2_cifar_tiny",
     "build_model",
+    "check_model_name",
+    "ARCH_PREFIX",
 ]
 
 
@@ -333,8 +335,30 @@ _BUILDERS = {
 MODEL_NAMES = tuple(_BUILDERS)
 
 
-def build_model(name: str, num_classes: int, **kwargs) -> EfficientNetV2 | ResNetCifar:
-    """Build a network by short name: one of s, m, l, xl, cifar, cifar-tiny, resnet20."""
+# A network of the search space around cifar-tiny, named by its stage codes (effv2_lib.search):
+# "arch:F1k3x1-F4k3x2-F4k3x2-M4k3x2-M6k3x2-M6k3x2" is cifar-tiny itself.
+ARCH_PREFIX = "arch:"
+
+
+def check_model_name(name: str) -> str:
+    """`name` if it names a network: one of MODEL_NAMES, or ``arch:`` and a search code."""
+    if isinstance(name, str) and name.startswith(ARCH_PREFIX):
+        from .search import Candidate  # the search's space is built from this module's tables
+
+        Candidate.from_name(name[len(ARCH_PREFIX):])
+        return name
     if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(_BUILDERS)}")
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(_BUILDERS)}, or {ARCH_PREFIX} and a "
+                         f"network's stage codes (effv2_lib.search, e.g. {ARCH_PREFIX}F1k3x1-F4k3x2-F4k3x2-M4k3x2-"
+                         f"M6k3x2-M6k3x2)")
+    return name
+
+
+def build_model(name: str, num_classes: int, **kwargs) -> EfficientNetV2 | ResNetCifar:
+    """Build a network by short name: one of s, m, l, xl, cifar, cifar-tiny, resnet20, or a network
+    of the search space as ``arch:`` and its stage codes (`effv2_lib.search.Candidate`)."""
+    if check_model_name(name).startswith(ARCH_PREFIX):
+        from .search import Candidate
+
+        return Candidate.from_name(name[len(ARCH_PREFIX):]).build(num_classes, **kwargs)
     return _BUILDERS[name](num_classes=num_classes, **kwargs)

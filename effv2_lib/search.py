@@ -55,7 +55,7 @@ from .augment import DeviceLoader
 from .checkpoint import atomic_write_json
 from .data import CifarSplit, hold_out, load_cifar, subset
 from .files import read_json
-from .model import EfficientNetV2, ModelSpec, efficientnetv2_cifar_tiny
+from .model import ARCH_PREFIX, EfficientNetV2, ModelSpec, efficientnetv2_cifar_tiny
 from .optim import WarmupThenDecay, build_optimizer
 from .runtime import (
     count_parameters,
@@ -137,11 +137,15 @@ class Candidate:
         stages = tuple(replace(stage, block=choice.block, kernel_size=choice.kernel_size,
                                expand_ratio=choice.expand_ratio, num_layers=choice.num_layers)
                        for stage, choice in zip(base.stages, self.stages, strict=True))
-        return replace(base, name=f"search:{self.name}", stages=stages)
+        return replace(base, name=f"{ARCH_PREFIX}{self.name}", stages=stages)
 
-    def build(self, num_classes: int = 10) -> EfficientNetV2:
-        """The network, with cifar-tiny's stochastic depth (its factory's default)."""
-        return EfficientNetV2(self.spec(), num_classes, stochastic_depth_prob=_CIFAR_TINY_STOCHASTIC_DEPTH)
+    def build(self, num_classes: int = 10, dropout: float | None = None,
+              stochastic_depth_prob: float | None = None) -> EfficientNetV2:
+        """The network; dropout and stochastic depth default to cifar-tiny's (its factory's defaults).
+        ``build_model("arch:" + name)`` builds the same, for the trainer and the command line."""
+        if stochastic_depth_prob is None:
+            stochastic_depth_prob = _CIFAR_TINY_STOCHASTIC_DEPTH
+        return EfficientNetV2(self.spec(), num_classes, dropout, stochastic_depth_prob)
 
 
 @functools.cache

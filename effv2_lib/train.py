@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ._cli import one_line_errors, output_path, schedule_file
+from ._cli import model_name, one_line_errors, output_path, schedule_file
 from .checkpoint import RUN_FILE, read_run
 from .config import LOADERS, SMOKE, TrainConfig, auto_config
 from .data import NORMALIZATION, CifarData
@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
     g = parser.add_argument_group("model and schedule")
-    g.add_argument("--model", choices=MODEL_NAMES, help="network" + default("model"))
+    g.add_argument("--model", type=model_name, metavar="NAME",
+                   help=f"network: {', '.join(MODEL_NAMES)}, or arch:CODES, a network of the search space "
+                        f"(effv2_lib.search)" + default("model"))
     g.add_argument("--dataset", choices=tuple(NORMALIZATION), help="data set" + default("dataset"))
     g.add_argument("--preset", help="progressive schedule preset (effv2_lib.schedule.PRESETS: cifar10, cifar100, "
                                     "cifar10-fixed, paper-s, ...)" + default("preset"))

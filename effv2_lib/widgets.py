@@ -197,7 +197,27 @@ class _ExplorerBox(widgets.VBox):
         return self._plain_text
 
 
-class ScheduleExplorer:
+class _Explorer:
+    """What every explorer shares: it displays as its widget (``widget``), and closes with it."""
+
+    widget: widgets.Widget
+
+    def _repr_mimebundle_(self, **kwargs):  # the explorer displays as its widget (text/plain: PLAIN_TEXT)
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def close(self) -> None:
+        """Close every widget of the explorer: an explorer driven from code and no longer needed
+        then leaves nothing behind in the notebook's saved widget state."""
+        _close_tree(self.widget)
+
+    def _follow(self, controls: Sequence[widgets.Widget]) -> None:
+        """Draw now (the subclass's ``_update``), and again whenever one of `controls` changes."""
+        self._update()
+        for control in controls:
+            control.observe(lambda change: self._update(), names="value")
+
+
+class ScheduleExplorer(_Explorer):
     """Sliders for Algorithm 1's knobs, a presets dropdown, a live stage table and plot.
 
     Build it with `schedule_explorer`. Attributes:
@@ -341,14 +361,6 @@ class ScheduleExplorer:
             return ProgressiveSchedule.from_preset(self.preset, self.controls["total_epochs"].value)
         except ValueError:
             return ProgressiveSchedule.from_preset(self.preset)
-
-    def _repr_mimebundle_(self, **kwargs):  # the explorer displays as its widget (text/plain: PLAIN_TEXT)
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def close(self) -> None:
-        """Close every widget of the explorer: an explorer driven from code and no longer needed
-        then leaves nothing behind in the notebook's saved widget state."""
-        _close_tree(self.widget)
 
     # -------------------------------------------------------------------- the dropdown
     @staticmethod
@@ -585,7 +597,7 @@ def _check_images(images: Any) -> torch.Tensor:
     return images.cpu()
 
 
-class AugmentationExplorer:
+class AugmentationExplorer(_Explorer):
     """RandAugment magnitude, Mixup alpha and image size applied to a few real images.
 
     Build it with `augmentation_explorer`. Three rows of the same K images: the originals,
@@ -650,17 +662,7 @@ class AugmentationExplorer:
                           widgets.VBox([self.controls[n] for n in ("mixup_alpha", "image_size")])]),
             self.plot,
         ], self.PLAIN_TEXT), "augmentation-explorer")
-        self._update()
-        for control in self.controls.values():
-            control.observe(lambda change: self._update(), names="value")
-
-    def _repr_mimebundle_(self, **kwargs):  # the explorer displays as its widget (text/plain: PLAIN_TEXT)
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def close(self) -> None:
-        """Close every widget of the explorer: an explorer driven from code and no longer needed
-        then leaves nothing behind in the notebook's saved widget state."""
-        _close_tree(self.widget)
+        self._follow(list(self.controls.values()))
 
     def _update(self) -> None:
         c = {name: control.value for name, control in self.controls.items()}
@@ -722,7 +724,7 @@ def augmentation_explorer(images: torch.Tensor, labels: Sequence[int] | torch.Te
 MAX_REWARD_EXPONENT = 1.0  # |w|, |v| up to 1: the paper's 0.07 and 0.05 are near the left end
 
 
-class RewardExplorer:
+class RewardExplorer(_Explorer):
     """The search's reward A * S^w * P^v (Section 3.3) with w and v on sliders, over a finished
     search (`effv2_lib.search`): the ranking is redone from the stored A, S and P at every move.
 
@@ -763,16 +765,7 @@ class RewardExplorer:
         self._ax = self.figure.subplots()
         self.widget = _tag(_ExplorerBox([widgets.VBox(list(self.controls.values())), self.table, self.plot],
                                         self.PLAIN_TEXT), "reward-explorer")
-        self._update()
-        for control in self.controls.values():
-            control.observe(lambda change: self._update(), names="value")
-
-    def _repr_mimebundle_(self, **kwargs):  # the explorer displays as its widget (text/plain: PLAIN_TEXT)
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def close(self) -> None:
-        """Close every widget of the explorer (nothing left in the notebook's saved widget state)."""
-        _close_tree(self.widget)
+        self._follow(list(self.controls.values()))
 
     def _update(self) -> None:
         w, v = self.controls["w"].value, self.controls["v"].value

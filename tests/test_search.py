@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from effv2_lib import search
+from effv2_lib import search, train
+from effv2_lib.config import TrainConfig
 from effv2_lib.model import build_model
 from effv2_lib.runtime import count_parameters
 from effv2_lib.search import QUICK_BUDGET, REFERENCE, Candidate, pareto_front, rank, reward, sample_candidates
@@ -74,3 +75,22 @@ def test_a_search_resumes_and_refuses_other_settings(tmp_path, capsys):
     report = search.write_report(out).read_text()
     assert f"`{REFERENCE.name} (cifar-tiny)`" in report and "held-out training images" in report
     assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_searched_network_trains_by_name_through_the_trainer(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("EFFV2_DATA", raising=False)
+    monkeypatch.delenv("EFFV2_QUICK", raising=False)
+    assert str(build_model("arch:" + REFERENCE.name, 10)) == str(build_model("cifar-tiny", 10))
+    with pytest.raises(ValueError, match="unknown model 'tiny'.*or arch: and a network's stage codes"):
+        TrainConfig(model="tiny")
+    with pytest.raises(ValueError, match="is not a stage code"):
+        TrainConfig(model="arch:F1k3")
+    with pytest.raises(SystemExit):
+        train.main(["--model", "arch:F1k3x1", "--sample"])
+    assert "argument --model: 'F1k3x1' names 1 stages; the skeleton has 6" in capsys.readouterr().err
+    fused_everywhere = "arch:" + REFERENCE.name.replace("M", "F")  # Table 3's last row, in our six stages
+    out = tmp_path / "run"
+    assert train.main(["--model", fused_everywhere, "--sample", "--smoke", "--fixed-size", "16", "--epochs", "1",
+                       "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model_name"] == fused_everywhere and summary["status"] == "finished"
