@@ -422,6 +422,8 @@ def write_report(out: str | Path) -> Path:
     lines = [
         f"# CIFAR-10 on a CPU: {title}",
         "",
+        *(["**A quick check (--smoke or EFFV2_QUICK=1): a pipeline check on 10 images per class with one-step "
+           "timings. Its figures are not results.**", ""] if throughput.get("quick_check") else []),
         "Written by `python -m effv2_lib.experiments` after each run from the runs' own files; nothing is typed in.",
         f"Test accuracy: top-1 on the {_test_images(finished)} CIFAR-10 test images after the last epoch, after",
         "the BatchNorm re-estimation where it applies (only where the last training size differs from the 32 px",

@@ -136,11 +136,13 @@ def plot_race(out: str | Path, *, ax: Any = None, budget_min: float | None = Non
 
 def summarize_seeds(race_dirs: list[str | Path]) -> list[dict[str, Any]]:
     """One row per finished race directory: seed, each run's final test accuracy and training cost
-    (minutes), and the progressive run's lead in points."""
+    (minutes), and the progressive run's lead in points. Quick checks and real races are never
+    summed up together."""
     rows = []
     for race_dir in map(Path, race_dirs):
-        rates = read_json(race_dir / THROUGHPUT_FILE)["rates"]
-        row: dict[str, Any] = {"dir": race_dir.name}
+        throughput = read_json(race_dir / THROUGHPUT_FILE)
+        rates = throughput["rates"]
+        row: dict[str, Any] = {"dir": race_dir.name, "quick_check": throughput.get("quick_check", False)}
         for name, label in LABELS.items():
             summary = read_json(race_dir / name / SUMMARY_FILE)
             if summary.get("status") != "finished":
@@ -154,6 +156,10 @@ def summarize_seeds(race_dirs: list[str | Path]) -> list[dict[str, Any]]:
             row[f"{label}_epochs"] = summary["epochs_done"]
         row["lead"] = 100 * (row["progressive_acc"] - row["fixed_acc"])
         rows.append(row)
+    quick = [row["dir"] for row in rows if row["quick_check"]]
+    if quick and len(quick) < len(rows):
+        raise ValueError(f"{', '.join(quick)} {'is a quick check' if len(quick) == 1 else 'are quick checks'} "
+                         f"(--smoke or EFFV2_QUICK=1) beside real races: one table cannot hold both")
     return rows
 
 
@@ -186,6 +192,8 @@ def write_seed_report(root: str | Path) -> Path:
     commands = [read_json(d / "progressive" / SUMMARY_FILE)["command"].split("  # run")[0] for d in race_dirs]
     hardware = read_json(race_dirs[0] / "progressive" / SUMMARY_FILE)["hardware"]
     lines = ["# The race on the full CIFAR-10, several seeds", "",
+             *(["**Quick checks (--smoke or EFFV2_QUICK=1): pipeline checks on 10 images per class. Their "
+                "figures are not results.**", ""] if rows and rows[0]["quick_check"] else []),
              "Written by `python -m effv2_lib.race ROOT` from the race directories' own files.",
              "Each race: `effv2_lib.experiments race`, two runs of EfficientNetV2-CIFAR-tiny on all 50,000 "
              "training images, each within the same budget of training cost; test accuracy on the 10,000 test "

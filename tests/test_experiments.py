@@ -118,6 +118,7 @@ def test_the_experiment_resumes_an_interrupted_run_and_skips_finished_ones(tmp_p
     assert set(rates) == {"cifar-tiny@16", "cifar-tiny@20", "cifar-tiny@28", "cifar-tiny@32", "resnet20@32"}
     report = (out / "README.md").read_text()
     assert "| progressive |" in report and "| fixed |" in report and "Not run yet" in report
+    assert "**A quick check" in report  # its figures are never read as an experiment's
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 
     # a rerun trains nothing that has finished
@@ -180,6 +181,11 @@ def test_the_race_runs_lands_epoch_by_epoch_and_sums_up_over_seeds(tmp_path, cap
     assert race.main([str(root)]) == 0
     table = (root / "README.md").read_text()
     assert "| mean of 2 |" in table and table.count("`race-test`") == 2
+    assert table.startswith("# The race") and "**Quick checks" in table
+    real = json.loads((root / "seed-1" / "throughput.json").read_text()) | {"quick_check": False}
+    (root / "seed-1" / "throughput.json").write_text(json.dumps(real))  # as if seed-1 were a real race
+    with pytest.raises(ValueError, match="seed-0 is a quick check .* beside real races"):
+        summarize_seeds([root / "seed-0", root / "seed-1"])
     (root / "seed-1" / "fixed-time-matched" / "summary.json").write_text(json.dumps({"status": "stopped"}))
     with pytest.raises(ValueError, match="has not finished"):
         summarize_seeds([root / "seed-1"])
