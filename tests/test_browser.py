@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 SCHEDULE_NOTEBOOK = "04_progressive_learning.ipynb"
 AUGMENTATION_NOTEBOOK = "browser_test_augmentation_explorer.ipynb"  # written by the fixture
+REWARD_NOTEBOOK = "browser_test_reward_explorer.ipynb"  # written by the fixture
+SEARCH_FILE = REPO / "results" / "cpu-cifar10-search" / "search.json"  # the committed search, 31 networks
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SERVER_START_S = 90  # JupyterLab's first start on 2 slow cores
@@ -61,6 +63,15 @@ with np.load(str(SAMPLE_PATH)) as sample:
     labels = sample["y_train"][:6].astype(np.int64).tolist()
     classes = [str(name) for name in sample["classes"]]
 explorer = augmentation_explorer(images, labels, classes, magnitude=5.0, mixup_alpha=0.2, seed=0)
+explorer"""
+
+
+# The scratch notebook: the committed search in the reward explorer.
+REWARD_SOURCE = f"""\
+from effv2_lib.search import load_search
+from effv2_lib.widgets import reward_explorer
+
+explorer = reward_explorer(load_search({str(SEARCH_FILE)!r}))
 explorer"""
 
 
@@ -93,9 +104,9 @@ def _log_tail(path: Path, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
 
 
-def _write_augmentation_notebook(path: Path) -> None:
-    cell = {"cell_type": "code", "execution_count": None, "id": "augmentation-explorer", "metadata": {},
-            "outputs": [], "source": AUGMENTATION_SOURCE}
+def _write_scratch_notebook(path: Path, source: str) -> None:
+    cell = {"cell_type": "code", "execution_count": None, "id": "scratch", "metadata": {},
+            "outputs": [], "source": source}
     notebook = {"cells": [cell], "nbformat": 4, "nbformat_minor": 5,
                 "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
                                             "name": "python3"}}}
@@ -109,7 +120,8 @@ def jupyter_lab(chromium, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("jupyterlab")
     root = tmp_path / "notebooks"
     shutil.copytree(NOTEBOOKS, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    _write_augmentation_notebook(root / AUGMENTATION_NOTEBOOK)
+    _write_scratch_notebook(root / AUGMENTATION_NOTEBOOK, AUGMENTATION_SOURCE)
+    _write_scratch_notebook(root / REWARD_NOTEBOOK, REWARD_SOURCE)
     home = tmp_path / "jupyter"  # config, runtime and settings of this server only
     env = dict(os.environ, EFFV2_QUICK="1", JUPYTER_CONFIG_DIR=str(home / "config"),
                JUPYTER_RUNTIME_DIR=str(home / "runtime"), JUPYTER_DATA_DIR=str(home / "data"),
@@ -254,6 +266,14 @@ class _Browser:
         if state != "done":
             self.fail(f"a cell of {notebook} failed: {state}")
 
+    def show_explorer(self, notebook: str, workspace: str, css_class: str):
+        """Run every cell of `notebook`; return the first element of `css_class`, scrolled into view."""
+        self.run_notebook(notebook, workspace)
+        self.step = f"find the {css_class} element"
+        explorer = self.page.locator(f".{css_class}").first
+        explorer.scroll_into_view_if_needed(timeout=UPDATE_S * 1000)
+        return explorer
+
     def wait_until_changed(self, script: str, locator, before: str) -> None:
         self.page.wait_for_function(script, arg=[locator.element_handle(timeout=UPDATE_S * 1000), before],
                                     timeout=UPDATE_S * 1000, polling=250)
@@ -266,11 +286,7 @@ class _Browser:
 def test_schedule_explorer_in_jupyterlab_follows_a_slider(chromium, jupyter_lab):
     with browser_session(chromium, jupyter_lab, "schedule-explorer") as session:
         page = session.page
-        session.run_notebook(SCHEDULE_NOTEBOOK, "schedule")
-
-        session.step = "find the schedule explorer"
-        explorer = page.locator(".effv2-schedule-explorer").first
-        explorer.scroll_into_view_if_needed(timeout=UPDATE_S * 1000)
+        explorer = session.show_explorer(SCHEDULE_NOTEBOOK, "schedule", "effv2-schedule-explorer")
         table = explorer.locator(".effv2-stage-table")
         summary = explorer.locator(".effv2-summary")
         plot = explorer.locator("img.effv2-schedule-plot")
@@ -318,11 +334,7 @@ def test_schedule_explorer_in_jupyterlab_follows_a_slider(chromium, jupyter_lab)
 def test_augmentation_explorer_in_jupyterlab_follows_its_controls(chromium, jupyter_lab):
     with browser_session(chromium, jupyter_lab, "augmentation-explorer") as session:
         page = session.page
-        session.run_notebook(AUGMENTATION_NOTEBOOK, "augmentation")
-
-        session.step = "find the augmentation explorer"
-        explorer = page.locator(".effv2-augmentation-explorer").first
-        explorer.scroll_into_view_if_needed(timeout=UPDATE_S * 1000)
+        explorer = session.show_explorer(AUGMENTATION_NOTEBOOK, "augmentation", "effv2-augmentation-explorer")
         plot = explorer.locator("img.effv2-augmentation-plot")
         page.wait_for_function("el => !!el.getAttribute('src') && el.complete && el.naturalWidth > 0",
                                arg=plot.element_handle(timeout=UPDATE_S * 1000), timeout=UPDATE_S * 1000)
@@ -349,3 +361,37 @@ def test_augmentation_explorer_in_jupyterlab_follows_its_controls(chromium, jupy
     assert magnitude_after > magnitude_before, (
         f"ArrowRight did not raise the magnitude ({magnitude_before} -> {magnitude_after}); {shot}")
     assert automl_pressed, f"the automl button is not shown as chosen; {shot}"
+
+
+# The network named in the first row of the explorer's ranking (row 0 is the header).
+WINNER_JS = "el => el.querySelectorAll('tr')[1].querySelector('code').innerText.trim()"
+STEP_MS_JS = "el => Number(el.querySelectorAll('tr')[1].querySelectorAll('td')[3].innerText)"
+
+
+def test_reward_explorer_in_jupyterlab_reranks_when_time_costs_more(chromium, jupyter_lab):
+    with browser_session(chromium, jupyter_lab, "reward-explorer") as session:
+        page = session.page
+        explorer = session.show_explorer(REWARD_NOTEBOOK, "reward", "effv2-reward-explorer")
+        table = explorer.locator(".effv2-reward-table")
+        plot = explorer.locator("img.effv2-reward-plot")
+        page.wait_for_function("el => !!el.querySelector('code')", arg=table.element_handle(timeout=UPDATE_S * 1000),
+                               timeout=UPDATE_S * 1000)
+        slider = explorer.locator(".effv2-w")
+        readout = slider.locator(".widget-readout")
+        w_before, table_before, plot_before = float(readout.inner_text()), table.inner_text(), plot.get_attribute("src")
+        winner_before, step_before = table.evaluate(WINNER_JS), table.evaluate(STEP_MS_JS)
+
+        session.step = "move w to its most negative value with the keyboard (Home)"
+        handle = slider.locator(".noUi-handle")
+        handle.focus()
+        handle.press("Home")
+        session.wait_until_changed(CHANGED_TEXT_JS, table, table_before)
+        session.wait_until_changed(CHANGED_SRC_JS, plot, plot_before)
+        w_after, winner_after, step_after = float(readout.inner_text()), table.evaluate(WINNER_JS), \
+            table.evaluate(STEP_MS_JS)
+
+    shot = f"screenshot: {session.screenshot}"
+    assert w_after < w_before, f"Home on w did not lower it ({w_before} -> {w_after}); {shot}"
+    assert winner_after != winner_before, f"the winner stayed {winner_before} at w = {w_after}; {shot}"
+    assert step_after < step_before, (
+        f"a higher price on step time chose a slower winner ({step_before} -> {step_after} ms); {shot}")
