@@ -129,13 +129,16 @@ def measure_size_cost(model: torch.nn.Module, sizes: list[int] | tuple[int, ...]
 
 
 def format_table(rows: list[SizeCost], kind: str | None) -> str:
-    """The rows as a plain-text table, each figure also relative to the first size."""
+    """The rows as a plain-text table: the median throughput with the range of the repeats, and
+    relative to the first size; the memory figures; the largest batch."""
     peak = {"allocated": "peak allocated", "resident": "peak resident", None: "peak (not measured)"}[kind]
-    lines = [f"{'size':>5} {'img/s':>8} {'x first':>8} {peak + ' GiB':>20} {'estimate GiB':>13} {'largest batch':>14}"]
+    lines = [f"{'size':>5} {'img/s':>8} {'range':>11} {'x first':>8} {peak + ' GiB':>20} {'estimate GiB':>13} "
+             f"{'largest batch':>14}"]
     first = rows[0]
     for row in rows:
         measured = "-" if row.peak_memory is None else f"{row.peak_memory / _GIB:.2f}"
-        lines.append(f"{row.image_size:>5} {row.throughput.median:>8.0f} "
+        spread = f"{row.throughput.low:.0f}-{row.throughput.high:.0f}"
+        lines.append(f"{row.image_size:>5} {row.throughput.median:>8.0f} {spread:>11} "
                      f"{row.throughput.median / first.throughput.median:>8.2f} {measured:>20} "
                      f"{row.estimated_memory / _GIB:>13.2f} {row.largest_batch:>14}")
     return "\n".join(lines)

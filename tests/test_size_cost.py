@@ -31,7 +31,7 @@ def test_memory_grows_with_the_pixels_and_the_batch_that_fits_shrinks():
     else:
         assert all(row.peak_memory is None for row in rows)
     table = format_table(rows, "resident").splitlines()
-    assert len(table) == 4 and table[1].split()[0] == "8" and table[1].split()[2] == "1.00"
+    assert len(table) == 4 and table[1].split()[0] == "8" and table[1].split()[3] == "1.00"
 
 
 @pytest.mark.parametrize("kwargs, words", [
