@@ -1,19 +1,21 @@
-"""Both explorers in a real JupyterLab, driven through headless Chromium.
+"""The three explorers in a real JupyterLab, driven through headless Chromium.
 
 test_widgets.py checks the explorers' logic by setting `.value` in Python; these tests check
-what only a browser can: that the notebook runs in JupyterLab, the widgets render, and a
+what only a browser can: that a notebook runs in JupyterLab, the widgets render, and a
 control moved with the keyboard or the mouse reaches the kernel and comes back as a new
-table, figure or predicted time.
+table, figure or predicted time. Each explorer is shown by a one-cell notebook the test writes
+itself (the notebooks that show them, 04, 05 and 07, run under nbval), so that the browser
+time goes to the widgets, not to running a whole lesson a second time:
 
-* The schedule explorer, in notebook 04 run from its first cell to its last (quick-check
-  mode): moving the S_e slider changes the stage table, the plot and the predicted training
-  time, and the preset menu says the schedule was edited.
-* The augmentation explorer, in a small notebook the test writes itself (it shows
-  `augmentation_explorer` on six images of the bundled CIFAR-10 sample), so that it does
-  not depend on notebook 05's cells: moving the RandAugment magnitude slider and choosing
-  the other op table each change the image.
+* the schedule explorer (cifar10, with images/s per size given): moving the S_e slider
+  changes the stage table, the plot and the predicted training time, and the preset menu says
+  the schedule was edited;
+* the augmentation explorer (six images of the bundled CIFAR-10 sample): moving the
+  RandAugment magnitude slider and choosing the other op table each change the image;
+* the reward explorer (the committed search, results/cpu-cifar10-search): moving w to its
+  most negative value re-ranks the networks and picks a faster winner.
 
-One JupyterLab server (on a temporary copy of notebooks/) serves both tests; each opens its
+One JupyterLab server (on a temporary copy of notebooks/) serves the tests; each opens its
 notebook in a workspace of its own. Needs Debian's chromium (``apt-get install chromium``)
 and the playwright Python package (its own browser download is not used). Without them the
 tests are skipped, unless EFFV2_REQUIRE_BROWSER=1 (set by .ci/run), where a missing browser
@@ -39,7 +41,7 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
-SCHEDULE_NOTEBOOK = "04_progressive_learning.ipynb"
+SCHEDULE_NOTEBOOK = "browser_test_schedule_explorer.ipynb"  # written by the fixture
 AUGMENTATION_NOTEBOOK = "browser_test_augmentation_explorer.ipynb"  # written by the fixture
 REWARD_NOTEBOOK = "browser_test_reward_explorer.ipynb"  # written by the fixture
 SEARCH_FILE = REPO / "results" / "cpu-cifar10-search" / "search.json"  # the committed search, 31 networks
@@ -47,10 +49,19 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SERVER_START_S = 90  # JupyterLab's first start on 2 slow cores
 KERNEL_READY_S = 90
-RUN_ALL_S = 480  # notebook 04 in quick-check mode, cells run one after another, on a busy machine
+RUN_ALL_S = 240  # a scratch notebook: a kernel start, the library's import, one explorer, on a busy machine
 UPDATE_S = 40  # one control change: a comm round trip and a redraw
 
-# The scratch notebook: six images of the bundled sample in the augmentation explorer.
+# The scratch notebooks, one explorer each (the notebooks that show them run under nbval).
+# The schedule explorer as notebook 04 shows it, with images/s per size given instead of measured.
+SCHEDULE_SOURCE = """\
+from effv2_lib.widgets import schedule_explorer
+
+rates = {12: 1500.0, 16: 1000.0, 20: 700.0, 24: 500.0, 28: 380.0, 32: 300.0, 40: 190.0}  # {size px: images/s}
+explorer = schedule_explorer("cifar10", images_per_s=rates, images_per_epoch=50_000, hardware="a test machine")
+explorer"""
+
+# Six images of the bundled sample in the augmentation explorer.
 AUGMENTATION_SOURCE = """\
 import numpy as np
 import torch
@@ -120,6 +131,7 @@ def jupyter_lab(chromium, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("jupyterlab")
     root = tmp_path / "notebooks"
     shutil.copytree(NOTEBOOKS, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    _write_scratch_notebook(root / SCHEDULE_NOTEBOOK, SCHEDULE_SOURCE)
     _write_scratch_notebook(root / AUGMENTATION_NOTEBOOK, AUGMENTATION_SOURCE)
     _write_scratch_notebook(root / REWARD_NOTEBOOK, REWARD_SOURCE)
     home = tmp_path / "jupyter"  # config, runtime and settings of this server only
@@ -363,6 +375,11 @@ def test_augmentation_explorer_in_jupyterlab_follows_its_controls(chromium, jupy
     assert automl_pressed, f"the automl button is not shown as chosen; {shot}"
 
 
+def _number(readout: str) -> float:
+    """A slider's readout as a number: ipywidgets writes negative values with the minus sign U+2212."""
+    return float(readout.replace("\u2212", "-"))
+
+
 # The network named in the first row of the explorer's ranking (row 0 is the header).
 WINNER_JS = "el => el.querySelectorAll('tr')[1].querySelector('code').innerText.trim()"
 STEP_MS_JS = "el => Number(el.querySelectorAll('tr')[1].querySelectorAll('td')[3].innerText)"
@@ -378,7 +395,8 @@ def test_reward_explorer_in_jupyterlab_reranks_when_time_costs_more(chromium, ju
                                timeout=UPDATE_S * 1000)
         slider = explorer.locator(".effv2-w")
         readout = slider.locator(".widget-readout")
-        w_before, table_before, plot_before = float(readout.inner_text()), table.inner_text(), plot.get_attribute("src")
+        w_before, table_before = _number(readout.inner_text()), table.inner_text()
+        plot_before = plot.get_attribute("src")
         winner_before, step_before = table.evaluate(WINNER_JS), table.evaluate(STEP_MS_JS)
 
         session.step = "move w to its most negative value with the keyboard (Home)"
@@ -387,7 +405,7 @@ def test_reward_explorer_in_jupyterlab_reranks_when_time_costs_more(chromium, ju
         handle.press("Home")
         session.wait_until_changed(CHANGED_TEXT_JS, table, table_before)
         session.wait_until_changed(CHANGED_SRC_JS, plot, plot_before)
-        w_after, winner_after, step_after = float(readout.inner_text()), table.evaluate(WINNER_JS), \
+        w_after, winner_after, step_after = _number(readout.inner_text()), table.evaluate(WINNER_JS), \
             table.evaluate(STEP_MS_JS)
 
     shot = f"screenshot: {session.screenshot}"

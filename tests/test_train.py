@@ -356,27 +356,6 @@ def test_smoke_mode_runs_each_stage_once_on_ten_images_per_class():
     assert result.summary["data"]["train_images"] == 100
 
 
-def test_the_command_that_started_a_run_plus_resume_resumes_it(tmp_path, monkeypatch):
-    """Regression: a --smoke --epochs 6 run stopped by Ctrl-C could not be resumed by the same
-    command plus --resume (the run directory recorded the shrunk schedule, not the command's
-    settings), and --smoke ignored --epochs."""
-    out = str(tmp_path / "run")
-    command = ["--smoke", "--model", "cifar-tiny", "--epochs", "6", "--out", out, "--no-progress", "--device", "cpu"]
-    record = trainer_module.Trainer.epoch_record
-
-    def interrupt_after_epoch_2(self, epoch, stage, stats):
-        if epoch == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, caught by the trainer
-        return record(self, epoch, stage, stats)
-
-    monkeypatch.setattr(trainer_module.Trainer, "epoch_record", interrupt_after_epoch_2)
-    assert train_module.main(command) == 130
-    monkeypatch.setattr(trainer_module.Trainer, "epoch_record", record)
-    assert train_module.main(command + ["--resume"]) == 0
-    history = json.loads((Path(out) / "history.json").read_text())
-    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]  # --epochs honoured in smoke mode
-
-
 def test_a_schedule_file_from_the_explorer_trains_and_is_recorded(tmp_path):
     schedule = ProgressiveSchedule(total_epochs=3, num_stages=3, image_size=(12, 20), size_multiple=4,
                                    dropout=(0.0, 0.1), randaug=(1, 3), mixup=(0.0, 0.0), name="my schedule")
