@@ -60,6 +60,7 @@ from .experiments import (
     _check_same_run,
     _status,
     _train_one,
+    _with_cost,
     measure_throughput,
     run_cost,
 )
@@ -191,20 +192,19 @@ def load_runs(out: str | Path) -> dict[str, dict[int, tuple[dict, list]]]:
             if _status(run_dir) != "finished":
                 continue
             summary = read_json(run_dir / SUMMARY_FILE)
-            images = summary["optimizer"]["steps_per_epoch"] * summary["optimizer"]["batch_size"]
-            rate = rates[f"{summary['model_name']}@{IMAGE_SIZE}"]["images_per_s"]
-            history = [{**r, "cost_time": images / rate} for r in read_json(run_dir / HISTORY_FILE)]
+            history = _with_cost(read_json(run_dir / HISTORY_FILE), summary, rates)
             found[name][int(seed_dir.name.split("-")[1])] = (summary, history)
     return found
 
 
-def summary_rows(out: str | Path) -> list[dict[str, Any]]:
+def summary_rows(out: str | Path, runs: dict[str, dict[int, tuple[dict, list]]] | None = None
+                 ) -> list[dict[str, Any]]:
     """One row per variant: code, parameters, multiply-adds at IMAGE_SIZE, measured images/s (the
     median and the range of the timings), epochs, cost, test accuracy per seed, their mean and
-    (with 2 or more seeds) the sample standard deviation."""
+    (with 2 or more seeds) the sample standard deviation. `runs`: `load_runs(out)`, if already read."""
     out = Path(out)
     rates = read_json(out / THROUGHPUT_FILE)["rates"]
-    runs = load_runs(out)
+    runs = load_runs(out) if runs is None else runs
     rows = []
     for name in VARIANTS:
         model = build_model(_model(name), num_classes=10)
@@ -252,7 +252,8 @@ def write_report(out: str | Path) -> Path:
 
     out = Path(out)
     throughput = read_json(out / THROUGHPUT_FILE)
-    rows = summary_rows(out)
+    runs = load_runs(out)
+    rows = summary_rows(out, runs)
     reference = next(row for row in rows if row["variant"] == "fused 1-3")
     lines = [
         "# Table 3 in miniature, trained: Fused-MBConv in no stage, stages 1-3, 1-5 or all",
@@ -285,7 +286,6 @@ def write_report(out: str | Path) -> Path:
                   f"images/s: median of {throughput['repeats']} timings of {throughput['steps']} steps.",
               "The paper's columns: Tan & Le (2021), Table 3, EfficientNet-B4-like network at 380 px on ImageNet.",
               "", "Commands:", ""]
-    runs = load_runs(out)
     commands = {summary["command"].split("  # run")[0] for by_seed in runs.values() for summary, _ in by_seed.values()}
     lines += [f"- `{command}`" for command in sorted(commands)]
     if any(runs.values()):
