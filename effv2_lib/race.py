@@ -15,6 +15,7 @@ run's final test accuracy, the progressive run's lead, and its spread over seeds
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -100,7 +101,7 @@ def race_progress(out: str | Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def _final_accuracy(run_dir: Path) -> float | None:
-    """The finished run's test accuracy (after the BatchNorm re-estimation), None while it runs."""
+    """The finished run's final test accuracy, None while it runs."""
     summary = run_dir / SUMMARY_FILE
     if not summary.is_file():
         return None
@@ -110,8 +111,8 @@ def _final_accuracy(run_dir: Path) -> float | None:
 
 def plot_race(out: str | Path, *, ax: Any = None, budget_min: float | None = None):
     """Test accuracy against training cost for what has landed of the race in `out`: one line per
-    run (`plots.plot_time_to_accuracy`), a star at each finished run's final accuracy (tested after
-    the BatchNorm re-estimation at 32 px), and the budget as a vertical line."""
+    run (`plots.plot_time_to_accuracy`), a star at each finished run's final accuracy, and the budget
+    as a vertical line."""
     from .plots import plot_time_to_accuracy
 
     out = Path(out)
@@ -130,7 +131,7 @@ def plot_race(out: str | Path, *, ax: Any = None, budget_min: float | None = Non
         axes.axvline(budget_min, color="0.2", linewidth=1.0)
         axes.annotate("budget", (budget_min, 0.02), xycoords=("data", "axes fraction"), rotation=90,
                       ha="right", va="bottom", fontsize=9)
-    axes.set_title("The race (star: final accuracy, BatchNorm re-estimated at 32 px)")
+    axes.set_title("The race (star: final test accuracy)")
     return figure
 
 
@@ -189,18 +190,27 @@ def write_seed_report(root: str | Path) -> Path:
     race_dirs = sorted(root.glob("seed-*"), key=lambda p: p.name)
     rows = summarize_seeds(race_dirs)
     # One command per race: both runs record it, with "# run NAME" appended.
-    commands = [read_json(d / "progressive" / SUMMARY_FILE)["command"].split("  # run")[0] for d in race_dirs]
-    hardware = read_json(race_dirs[0] / "progressive" / SUMMARY_FILE)["hardware"]
+    commands = []
+    for race_dir in race_dirs:
+        summary = read_json(race_dir / "progressive" / SUMMARY_FILE)
+        command = f"`{summary['command'].split('  # run')[0]}`"
+        trained_in = os.path.normpath(Path(summary["config"]["out"]).parent)
+        if trained_in != os.path.normpath(race_dir):  # a report names where the runs are now
+            command += f" (trained into {trained_in}, since moved to {os.path.normpath(race_dir)})"
+        commands.append(command)
+    first = read_json(race_dirs[0] / "progressive" / SUMMARY_FILE)
+    hardware, eval_size = first["hardware"], first["eval_size"]
     lines = ["# The race on the full CIFAR-10, several seeds", "",
              *(["**Quick checks (--smoke or EFFV2_QUICK=1): pipeline checks on 10 images per class. Their "
                 "figures are not results.**", ""] if rows and rows[0]["quick_check"] else []),
              "Written by `python -m effv2_lib.race ROOT` from the race directories' own files.",
              "Each race: `effv2_lib.experiments race`, two runs of EfficientNetV2-CIFAR-tiny on all 50,000 "
              "training images, each within the same budget of training cost; test accuracy on the 10,000 test "
-             "images at 32 px after the BatchNorm re-estimation. Lead: progressive minus fixed, in points.", "",
+             f"images at {eval_size} px, the size both runs trained at last. Lead: progressive minus fixed, in "
+             "points.", "",
              *seed_table(rows), "",
              f"Hardware: {hardware['device_name']} CPU, {hardware['cpu_count']} cores, torch {hardware['torch']}.",
-             "", "Commands (the data set named by EFFV2_DATA):", "", *[f"- `{c}`" for c in commands], ""]
+             "", "Commands (the data set named by EFFV2_DATA):", "", *[f"- {c}" for c in commands], ""]
     report = root / "README.md"
     report.write_text("\n".join(lines))
     return report

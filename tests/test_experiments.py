@@ -1,5 +1,6 @@
 """The CIFAR-10 experiment and the race at a tiny size: their plans, time matching, resuming, the reports."""
 
+import io
 import json
 import shutil
 from dataclasses import replace
@@ -144,19 +145,21 @@ def test_the_command_refuses_bad_input_with_one_line(tmp_path, capsys):
 
 
 def test_the_race_gives_each_run_as_many_epochs_as_fit_in_one_budget(tmp_path):
-    rates = {**RATES, "cifar-tiny@12": {"images_per_s": 1500.0}}
+    rates = RATES
     budget = 10 * 60.0
     progressive, fixed = plan_race("DIR", tmp_path, rates=rates, budget_s=budget)
     schedules = {run.name: resolve_schedule(run.config) for run in (progressive, fixed)}
     costs = {name: run_cost("cifar-tiny", schedule, 50_000, rates) for name, schedule in schedules.items()}
-    assert [s.image_size for s in schedules["progressive"].stages] == [12, 20, 28]
-    assert schedules["fixed-time-matched"].num_stages == 1
-    assert schedules["fixed-time-matched"].stages[0].image_size == 28
-    for name, schedule in schedules.items():  # within the budget, and one more epoch (per stage) would not be
+    assert [s.image_size for s in schedules["progressive"].stages] == [16, 28]
+    assert [s.image_size for s in schedules["fixed-time-matched"].stages] == [28]
+    for name, schedule in schedules.items():  # within the budget, and one more epoch would not be
         assert costs[name] <= budget, name
-        longer = replace(schedule, total_epochs=schedule.total_epochs + schedule.num_stages)
+        longer = replace(schedule, total_epochs=schedule.total_epochs + 1)
         assert run_cost("cifar-tiny", longer, 50_000, rates) > budget, name
+    assert progressive.config.eval_size == fixed.config.eval_size == 28  # tested where both ended: no resize
     assert progressive.config.data_dir == fixed.config.data_dir == "DIR" and fixed.config.full_data_only
+    tiny = plan_race("DIR", tmp_path, rates=rates, budget_s=1.0)[0]  # the least: one epoch per stage
+    assert resolve_schedule(tiny.config).total_epochs == 2 and "over it" in tiny.description
     with pytest.raises(ValueError, match="budget_s"):
         plan_race("DIR", tmp_path, rates=rates, budget_s=-1)
 
@@ -169,7 +172,8 @@ def test_the_race_runs_lands_epoch_by_epoch_and_sums_up_over_seeds(tmp_path, cap
     assert json.loads((root / "seed-0" / "throughput.json").read_text())["experiment"] == "race"
     landed = race_progress(root / "seed-0")
     assert list(landed) == ["progressive", "fixed"]
-    assert [r["image_size"] for r in landed["progressive"]] == [12, 20, 28]
+    sizes = [r["image_size"] for r in landed["progressive"]]  # how many epochs: from the quick check's timing
+    assert sizes[0] == 16 and sizes[-1] == 28 and sizes == sorted(sizes)
     assert all(r["cost_time"] > 0 for records in landed.values() for r in records)
     report = (root / "seed-0" / "README.md").read_text()
     assert "| fixed-time-matched |" in report and "Not run yet" not in report
@@ -181,6 +185,7 @@ def test_the_race_runs_lands_epoch_by_epoch_and_sums_up_over_seeds(tmp_path, cap
     assert race.main([str(root)]) == 0
     table = (root / "README.md").read_text()
     assert "| mean of 2 |" in table and table.count("`race-test`") == 2
+    assert table.count("since moved to") == 1  # seed-1 was copied from seed-0: its runs say seed-0
     assert table.startswith("# The race") and "**Quick checks" in table
     real = json.loads((root / "seed-1" / "throughput.json").read_text()) | {"quick_check": False}
     (root / "seed-1" / "throughput.json").write_text(json.dumps(real))  # as if seed-1 were a real race
@@ -191,3 +196,11 @@ def test_the_race_runs_lands_epoch_by_epoch_and_sums_up_over_seeds(tmp_path, cap
         summarize_seeds([root / "seed-1"])
     with pytest.raises(ValueError, match="no epoch of the race"):
         plot_race(tmp_path)
+
+
+def test_side_by_side_runs_say_whose_each_line_is():
+    stream = io.StringIO()
+    prefixed = experiments._LinePrefix(stream, "[fixed] ")
+    prefixed.write("epoch 1/3: test acc 0.39\nepoch 2")
+    prefixed.write("/3: test acc 0.45\n")
+    assert stream.getvalue() == "[fixed] epoch 1/3: test acc 0.39\n[fixed] epoch 2/3: test acc 0.45\n"

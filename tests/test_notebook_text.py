@@ -65,3 +65,22 @@ def test_the_exercise_parser_reads_only_the_exercise_list():
     text = "## Summary\n\n1. not an exercise\n\n## Exercises\n\n1. First.\n   1. nested, indented\n2. Second.\n"
     assert exercise_numbers(text) == [1, 2]
     assert summaries("<details><summary>2. Hint</summary>x</details>") == {"2. Hint"}
+
+
+# What keeps the loop fast and safe, and its own checks, belong to the appendix a curious reader opens
+# (notebooks/06a_appendix_training_machinery.md), not to the training lesson.
+MACHINERY = re.compile(r"stop vote|sync_every|host.sync|NonFiniteLossError|non-finite|compile fallback|"
+                       r"CompiledForward|load avg|load average|line budget|source_lines", re.IGNORECASE)
+
+
+def test_the_training_lesson_leaves_the_machinery_to_its_appendix():
+    lesson = NOTEBOOKS[[p.name[:2] for p in NOTEBOOKS].index("06")]
+    notebook = json.loads(lesson.read_text(encoding="utf-8"))
+    texts = [(i, c["text"]) for i, c in enumerate(_cells(lesson))]
+    texts += [(i, json.dumps(cell.get("outputs", []))) for i, cell in enumerate(notebook["cells"])]
+    hits = [(i, m.group(0)) for i, text in texts for m in MACHINERY.finditer(text)]
+    assert not hits, f"{lesson.name}: machinery in cells {hits[:5]}"
+    appendix = (lesson.parent / "06a_appendix_training_machinery.md").read_text(encoding="utf-8")
+    for word in ("vote", "sync_every", "NonFiniteLossError", "CompiledForward", "load average", "line budget"):
+        assert word in appendix, f"the appendix does not explain {word}"
+    assert "06a_appendix_training_machinery.md" in "".join(text for _, text in texts), "the lesson must link it"
