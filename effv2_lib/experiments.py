@@ -56,7 +56,7 @@ from .runtime import hardware, is_quick_check, pick_device, train_throughput
 from .schedule import ProgressiveSchedule
 from .timing import predicted_seconds
 
-__all__ = ["RUN_NAMES", "EXPERIMENTS", "RACE_SCHEDULE", "RACE_BUDGET_S", "ExperimentRun", "plan_cpu_cifar10",
+__all__ = ["RUN_NAMES", "EXPERIMENTS", "RACE_SCHEDULE", "RACE_FIXED_EPOCHS", "ExperimentRun", "plan_cpu_cifar10",
            "plan_race", "measure_throughput", "run_cost", "run_experiment", "load_results", "results_table",
            "write_report", "main"]
 
@@ -84,13 +84,14 @@ CIFAR10_TRAIN_IMAGES = 50_000
 # * The light regularization of the tuned recipe (results/cpu-cifar10-tuning): dropout 0 -> 0.1,
 #   RandAugment 1 -> 3, no Mixup; the fixed run trains with the final stage's, as in the paper's
 #   baseline.
-# * 10.5 minutes of cost per run: two fixed epochs fit and a third does not, and the progressive
-#   run gets 3 epochs, at every rate measured on the 2-core CPU (16 px 430-491, 28 px 165-221
-#   img/s), so the plan does not change from one measurement to the next. Side by side the two
-#   runs take about 12 minutes there.
+# * The budget is the cost of two epochs at the final size, not a number of minutes: the images/s
+#   measured on the 2-core CPU moved by half from one hour to the next (16 px 434 to 691), and a
+#   budget in minutes then bought other epochs. Measured in final-size epochs, the progressive
+#   run gets 2 epochs at 16 px and 1 at 28 px whenever a 16 px epoch costs at most half of a
+#   28 px one (measured: 1/2.3 to 1/2.9). Side by side the two runs take about 12 minutes there.
 RACE_SCHEDULE = ProgressiveSchedule(total_epochs=3, num_stages=2, image_size=(16, 28), size_multiple=4,
                                     dropout=(0.0, 0.1), randaug=(1, 3), mixup=(0, 0), name="race")
-RACE_BUDGET_S = 10.5 * 60  # training cost per run on the full 50,000 images
+RACE_FIXED_EPOCHS = 2  # the budget per run: the cost of this many epochs at the final size
 
 
 @dataclass(frozen=True)
@@ -176,11 +177,12 @@ def plan_cpu_cifar10(data_dir: str | None, out: str | Path, *, epochs: int = DEF
     return runs
 
 
-def plan_race(data_dir: str | None, out: str | Path, *, rates: dict[str, Any], budget_s: float = RACE_BUDGET_S,
+def plan_race(data_dir: str | None, out: str | Path, *, rates: dict[str, Any], budget_s: float | None = None,
               seed: int = 0, batch_size: int = BATCH_SIZE, smoke: bool = False, download: bool = False,
               schedule: ProgressiveSchedule = RACE_SCHEDULE) -> list[ExperimentRun]:
     """The race: two runs that each spend at most `budget_s` seconds of training cost on the full
-    CIFAR-10 at the measured images/s (`rates`, as throughput.json holds them).
+    CIFAR-10 at the measured images/s (`rates`, as throughput.json holds them); by default the
+    cost of RACE_FIXED_EPOCHS epochs at the schedule's final size.
 
     progressive           `schedule` with as many epochs as fit in the budget (at least one per stage)
     fixed-time-matched    the final size and regularization, as many epochs as fit in the budget
@@ -189,9 +191,11 @@ def plan_race(data_dir: str | None, out: str | Path, *, rates: dict[str, Any], b
     whatever the data: on the sample or in the quick check the runs keep the full data's epochs
     (and take seconds).
     """
-    budget_s = check_real("budget_s", budget_s, 0, math.inf, allowed="a number of seconds > 0")
     model = "cifar-tiny"
     final_size = schedule.stages[-1].image_size
+    fixed_epoch = run_cost(model, ProgressiveSchedule.fixed(1, final_size), CIFAR10_TRAIN_IMAGES, rates)
+    budget_s = check_real("budget_s", RACE_FIXED_EPOCHS * fixed_epoch if budget_s is None else budget_s, 0,
+                          math.inf, allowed="a number of seconds > 0")
     base = TrainConfig(model=model, batch_size=batch_size, seed=seed, data_dir=data_dir, download=download,
                        full_data_only=not smoke and data_dir is not None, sample=smoke and data_dir is None,
                        loader="device", smoke=smoke, eval_size=final_size)
@@ -204,8 +208,7 @@ def plan_race(data_dir: str | None, out: str | Path, *, rates: dict[str, Any], b
         epochs += 1
     progressive = replace(schedule, total_epochs=epochs)
     last = progressive.stages[-1]
-    fixed_epoch = run_cost(model, ProgressiveSchedule.fixed(1, last.image_size), CIFAR10_TRAIN_IMAGES, rates)
-    fixed_epochs = max(1, math.floor(budget_s / fixed_epoch))
+    fixed_epochs = max(1, math.floor(budget_s / fixed_epoch * (1 + 1e-9)))  # the default budget: exactly 2
 
     def of_budget(seconds: float, least: str) -> str:
         over = f" (over it: {least} is the least the race runs)" if seconds > budget_s else ""
@@ -335,12 +338,15 @@ def _check_same_run(run: ExperimentRun, source: str) -> None:
 def run_experiment(name: str, data_dir: str | None, out: str | Path, *, epochs: int | None = None, seed: int = 0,
                    only: tuple[str, ...] | None = None, smoke: bool = False, progress: bool = True,
                    command: str = "", schedule: ProgressiveSchedule | dict | None = None,
-                   budget_s: float = RACE_BUDGET_S, download: bool = False) -> list[ExperimentRun]:
+                   budget_s: float | None = None, download: bool = False,
+                   side_by_side: bool | None = None) -> list[ExperimentRun]:
     """Run (or resume) an experiment's runs in order; rewrite the report after each one.
 
     ``cpu-cifar10``: the five runs of `plan_cpu_cifar10`; the progressive run trains `schedule`,
     else the cifar10 preset at `epochs` (default 12). ``race``: the two runs of `plan_race` within
-    `budget_s` seconds of training cost each.
+    `budget_s` seconds of training cost each (default: RACE_FIXED_EPOCHS epochs at the final size),
+    trained side by side (`_train_side_by_side`) by default where that helps: a real race on a CPU
+    with a thread for each run.
     """
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
@@ -401,7 +407,9 @@ def run_experiment(name: str, data_dir: str | None, out: str | Path, *, epochs: 
               flush=True)
         if state != "finished":
             pending.append(run)
-    if race and len(pending) > 1 and pick_device(None).type == "cpu" and torch.get_num_threads() >= len(pending):
+    if side_by_side is None:
+        side_by_side = race and not smoke and pick_device(None).type == "cpu" and torch.get_num_threads() >= 2
+    if side_by_side and len(pending) > 1:
         _train_side_by_side(pending, command)
     else:
         for run in pending:
@@ -576,9 +584,9 @@ def main(argv: list[str] | None = None) -> int:
     recipe.add_argument("--schedule", type=schedule_file, metavar="FILE",
                         help="the progressive run's schedule as JSON (ProgressiveSchedule.to_json()) instead of "
                              "the preset; the other runs follow its sizes, final stage and epochs")
-    parser.add_argument("--budget-min", type=float, default=RACE_BUDGET_S / 60, metavar="MIN",
+    parser.add_argument("--budget-min", type=float, default=None, metavar="MIN",
                         help=f"race only: minutes of training cost per run on all 50,000 images at the measured "
-                             f"images/s (default {RACE_BUDGET_S / 60:g})")
+                             f"images/s (default: the cost of {RACE_FIXED_EPOCHS} epochs at the final size)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", nargs="+", default=None, choices=RUN_NAMES, metavar="RUN",
                         help=f"which runs, in the experiment's order (default: all: {', '.join(RUN_NAMES)}; "
@@ -596,11 +604,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         print(f"report written to {write_report(args.out)}")
         return 0
-    if args.experiment != "race" and (args.download or args.budget_min != RACE_BUDGET_S / 60):
+    if args.experiment != "race" and (args.download or args.budget_min is not None):
         raise ValueError("--download and --budget-min are options of the race")
     run_experiment(args.experiment, data, args.out, epochs=args.epochs, seed=args.seed,
                    only=None if args.runs is None else tuple(args.runs), smoke=smoke, progress=args.progress,
-                   schedule=args.schedule, budget_s=args.budget_min * 60, download=args.download,
+                   schedule=args.schedule, download=args.download,
+                   budget_s=None if args.budget_min is None else args.budget_min * 60,
                    command=shlex.join(["python", "-m", "effv2_lib.experiments", *argv]))
     print(f"done: {Path(args.out) / REPORT_FILE}")
     return 0

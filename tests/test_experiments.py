@@ -158,6 +158,9 @@ def test_the_race_gives_each_run_as_many_epochs_as_fit_in_one_budget(tmp_path):
         assert run_cost("cifar-tiny", longer, 50_000, rates) > budget, name
     assert progressive.config.eval_size == fixed.config.eval_size == 28  # tested where both ended: no resize
     assert progressive.config.data_dir == fixed.config.data_dir == "DIR" and fixed.config.full_data_only
+    default = {run.name: resolve_schedule(run.config) for run in plan_race("DIR", tmp_path, rates=rates)}
+    assert default["fixed-time-matched"].total_epochs == experiments.RACE_FIXED_EPOCHS  # the budget's own epochs
+    assert [s.num_epochs for s in default["progressive"].stages] == [2, 1]  # 16 px costs under half of 28 px here
     tiny = plan_race("DIR", tmp_path, rates=rates, budget_s=1.0)[0]  # the least: one epoch per stage
     assert resolve_schedule(tiny.config).total_epochs == 2 and "over it" in tiny.description
     with pytest.raises(ValueError, match="budget_s"):
@@ -168,7 +171,7 @@ def test_the_race_runs_lands_epoch_by_epoch_and_sums_up_over_seeds(tmp_path, cap
     root = tmp_path / "race"
     with pytest.raises(ValueError, match="the race sets its own schedule"):
         run_experiment("race", None, root / "seed-0", epochs=4, smoke=True)
-    run_experiment("race", None, root / "seed-0", smoke=True, progress=False, command="race-test")
+    run_experiment("race", None, root / "seed-0", smoke=True, progress=False, command="race-test", side_by_side=True)
     assert json.loads((root / "seed-0" / "throughput.json").read_text())["experiment"] == "race"
     landed = race_progress(root / "seed-0")
     assert list(landed) == ["progressive", "fixed"]
