@@ -175,9 +175,9 @@ def plot_image_grid(images_by_stage: Mapping[str, Any], *, axes: Sequence[Axes] 
 
 
 def _stage_changes(records: Sequence[Mapping[str, Any]], x_key: str) -> list[float]:
-    """x positions halfway between the last record of a stage and the first of the next."""
-    return [(prev[x_key] + cur[x_key]) / 2 for prev, cur in pairwise(records)
-            if "stage" in cur and cur["stage"] != prev.get("stage")]
+    """x positions of the stage changes: the x of each stage's last record. Records sit at the end of
+    their epoch (epoch number, cumulative time), so that is where the next stage starts."""
+    return [prev[x_key] for prev, cur in pairwise(records) if "stage" in cur and cur["stage"] != prev.get("stage")]
 
 
 def plot_history(history: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]],
@@ -257,9 +257,9 @@ def plot_time_to_accuracy(runs: Mapping[str, Sequence[Mapping[str, Any]]], *, ta
     runs maps a run's name to its per-epoch records (keys test_acc, stage and `time_key`, the
     epoch's seconds: measured ``epoch_time`` by default, or a load-independent cost); the x axis
     is their running sum in minutes (evaluation excluded), so runs of different lengths compare
-    at equal cost. Dotted vertical lines in the run's colour mark its stage changes; target, if
-    given, draws a horizontal line named `target_label` (for example the baseline's final
-    accuracy). The legend sits below the axes, outside the data.
+    at equal cost. Dotted vertical lines in the run's colour mark its stage changes, at the end of
+    each stage's last epoch; target, if given, draws a horizontal line named `target_label` (for
+    example the baseline's final accuracy). The legend sits below the axes, outside the data.
     """
     if not isinstance(runs, Mapping) or not runs:
         raise TypeError(f"runs must be a non-empty dict {{name: records}}, got {type(runs).__name__}")

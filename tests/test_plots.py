@@ -148,8 +148,8 @@ def test_history_plot_compares_runs_and_marks_stage_changes():
     assert all(ax.get_title() and ax.get_xlabel() == "epoch" for ax in (ax_loss, ax_acc, ax_speed))
     assert ax_size.get_ylabel() == "image size (px)"
     assert [line.get_label() for line in curves(ax_loss)] == ["progressive: train", "fixed: train"]
-    # progressive changes stage between epochs 1|2, 3|4, 5|6; the fixed run never does
-    assert sorted(boundaries(ax_loss)) == [1.5, 3.5, 5.5]
+    # progressive's stages end with epochs 1, 3 and 5, where the next begins; the fixed run has one stage
+    assert sorted(boundaries(ax_loss)) == [1, 3, 5]
     test_line = curves(ax_acc)[1]
     assert list(test_line.get_xdata()) == [0, 2, 4, 6]  # epochs without a test accuracy skipped
     # one legend below the panels: a colour per run, then the line styles once
@@ -183,7 +183,7 @@ def test_time_to_accuracy_puts_runs_on_cumulative_training_minutes():
     assert list(lines[0].get_xdata()) == pytest.approx([0.5, 1.0, 2.0, 3.0])
     assert list(lines[0].get_ydata()) == pytest.approx([10, 20, 30, 40])
     assert list(lines[1].get_xdata()) == pytest.approx([1.5, 3.0])
-    assert boundaries(ax) == [pytest.approx(1.5)]  # between 1.0 and 2.0 min; the fixed run has none
+    assert boundaries(ax) == [pytest.approx(1.0)]  # where stage 0 ends and stage 1 begins; fixed has none
     assert any(line.get_ydata()[0] == pytest.approx(40) for line in ax.get_lines()
                if line.get_label().startswith("_"))  # the target line
     with pytest.raises(ValueError, match="epoch_time"):
