@@ -52,7 +52,7 @@ from .config import SMOKE, TrainConfig, resolve_schedule, smoke_config
 from .data import check_data_source
 from .files import read_run
 from .model import build_model
-from .runtime import hardware, is_quick_check, pick_device, train_throughput
+from .runtime import cpu_name, hardware, is_quick_check, pick_device, train_throughput
 from .schedule import ProgressiveSchedule
 from .timing import predicted_seconds
 
@@ -542,7 +542,7 @@ def write_report(out: str | Path) -> Path:
         lines += ["", f"Not run yet (or still running): {', '.join(missing)}."]
     if finished:
         hw = next(iter(finished.values()))[0]["hardware"]
-        lines += ["", f"Hardware: {hw['device_name']} CPU, {hw['cpu_count']} cores, {hw['torch_threads']} torch "
+        lines += ["", f"Hardware: {cpu_name(hw)} CPU, {hw['cpu_count']} cores, {hw['torch_threads']} torch "
                       f"threads, torch {hw['torch']}. Training images/s (median of {throughput['repeats']} timings "
                       f"of {throughput['steps']} steps, batch {throughput['batch_size']}, random data): "
                   + ", ".join(f"{key} {value['images_per_s']:.0f}" for key, value in rates.items()) + ".",

@@ -26,6 +26,7 @@ from typing import Any
 from ._checks import check_int
 from .checkpoint import HISTORY_FILE, SUMMARY_FILE, read_json
 from .experiments import RACE_RUNS, THROUGHPUT_FILE, _with_cost
+from .runtime import cpu_name
 
 __all__ = ["RaceProcess", "start_race", "race_progress", "plot_race", "summarize_seeds", "seed_table",
            "write_seed_report", "LABELS"]
@@ -173,14 +174,14 @@ def seed_table(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| {row['seed']} | {100 * row['progressive_acc']:.2f}% | {row['progressive_cost_min']:.1f} "
                      f"| {100 * row['fixed_acc']:.2f}% | {row['fixed_cost_min']:.1f} | {row['lead']:+.2f} |")
     if len(rows) >= 2:
-        def spread(values: list[float]) -> str:
-            return (f"{statistics.mean(values):.2f} (sd {statistics.stdev(values):.2f}, "
-                    f"{min(values):.2f} to {max(values):.2f})")
+        def spread(values: list[float], sign: str = "") -> str:  # sign "+": leads show theirs
+            return (f"{statistics.mean(values):{sign}.2f} (sd {statistics.stdev(values):.2f}, "
+                    f"{min(values):{sign}.2f} to {max(values):{sign}.2f})")
         lines.append(f"| mean of {len(rows)} | {spread([100 * r['progressive_acc'] for r in rows])} | "
                      f"{statistics.mean(r['progressive_cost_min'] for r in rows):.1f} | "
                      f"{spread([100 * r['fixed_acc'] for r in rows])} | "
                      f"{statistics.mean(r['fixed_cost_min'] for r in rows):.1f} | "
-                     f"{spread([r['lead'] for r in rows])} |")
+                     f"{spread([r['lead'] for r in rows], '+')} |")
     return lines
 
 
@@ -190,16 +191,19 @@ def write_seed_report(root: str | Path) -> Path:
     race_dirs = sorted(root.glob("seed-*"), key=lambda p: p.name)
     rows = summarize_seeds(race_dirs)
     # One command per race: both runs record it, with "# run NAME" appended.
-    commands = []
+    commands, machines = [], []
     for race_dir in race_dirs:
         summary = read_json(race_dir / "progressive" / SUMMARY_FILE)
+        machines.append(summary["hardware"])
         command = f"`{summary['command'].split('  # run')[0]}`"
         trained_in = os.path.normpath(Path(summary["config"]["out"]).parent)
         if trained_in != os.path.normpath(race_dir):  # a report names where the runs are now
             command += f" (trained into {trained_in}, since moved to {os.path.normpath(race_dir)})"
         commands.append(command)
     first = read_json(race_dirs[0] / "progressive" / SUMMARY_FILE)
-    hardware, eval_size = first["hardware"], first["eval_size"]
+    eval_size = first["eval_size"]
+    # the first seed that recorded the CPU's vector instructions (older summaries lack them)
+    hardware = next((facts for facts in machines if "cpu_capability" in facts), machines[0])
     lines = ["# The race on the full CIFAR-10, several seeds", "",
              *(["**Quick checks (--smoke or EFFV2_QUICK=1): pipeline checks on 10 images per class. Their "
                 "figures are not results.**", ""] if rows and rows[0]["quick_check"] else []),
@@ -209,7 +213,7 @@ def write_seed_report(root: str | Path) -> Path:
              f"images at {eval_size} px, the size both runs trained at last. Lead: progressive minus fixed, in "
              "points.", "",
              *seed_table(rows), "",
-             f"Hardware: {hardware['device_name']} CPU, {hardware['cpu_count']} cores, torch {hardware['torch']}.",
+             f"Hardware: {cpu_name(hardware)} CPU, {hardware['cpu_count']} cores, torch {hardware['torch']}.",
              "", "Commands (the data set named by EFFV2_DATA):", "", *[f"- {c}" for c in commands], ""]
     report = root / "README.md"
     report.write_text("\n".join(lines))

@@ -27,9 +27,9 @@ from torch import nn
 
 from ._checks import check_int, check_real
 
-__all__ = ["is_quick_check", "pick_device", "seed_everything", "derived_seed", "hardware", "count_parameters",
-           "synchronize", "Throughput", "measure_train_throughput", "train_throughput", "device_memory",
-           "MemoryEstimate", "estimate_training_memory", "fit_batch_size"]
+__all__ = ["is_quick_check", "pick_device", "seed_everything", "derived_seed", "hardware", "cpu_name",
+           "count_parameters", "synchronize", "Throughput", "measure_train_throughput", "train_throughput",
+           "device_memory", "MemoryEstimate", "estimate_training_memory", "fit_batch_size"]
 
 
 def is_quick_check() -> bool:
@@ -102,7 +102,9 @@ def derived_seed(*parts: int) -> int:
 
 
 def hardware(device: torch.device | str | None = None) -> dict[str, str | int]:
-    """What a measurement ran on: device name, CPU count, torch and Python versions."""
+    """What a measurement ran on: device name, CPU count, the CPU's vector instructions as torch
+    uses them (AVX2, AVX512, ...: kernels for other instructions add in another order, so the same
+    seed can train to other numbers), torch and Python versions."""
     device = torch.device(device) if device is not None else pick_device()
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -113,9 +115,17 @@ def hardware(device: torch.device | str | None = None) -> dict[str, str | int]:
         "device_name": name,
         "cpu_count": os.cpu_count() or 0,
         "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+
+
+def cpu_name(facts: dict) -> str:
+    """A CPU as reports name it, from a `hardware` record: "x86_64 (AVX512)". Records made before
+    the vector instructions were kept give the name alone."""
+    capability = facts.get("cpu_capability")
+    return f"{facts['device_name']} ({capability})" if capability else str(facts["device_name"])
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

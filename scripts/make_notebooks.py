@@ -85,12 +85,12 @@ def set_run_time_line(notebook: dict, line: str) -> None:
 
 
 def _hardware_text() -> tuple[str, str]:
-    from effv2_lib.runtime import hardware, pick_device
+    from effv2_lib.runtime import cpu_name, hardware, pick_device
 
     device = pick_device()
     info = hardware(device)
     if device.type == "cpu":
-        return "cpu", f"a {info['cpu_count']}-core {info['device_name']} CPU"
+        return "cpu", f"a {info['cpu_count']}-core {cpu_name(info)} CPU"
     return device.type, str(info["device_name"])
 
 

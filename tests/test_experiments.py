@@ -6,6 +6,7 @@ import shutil
 from dataclasses import replace
 
 import pytest
+import torch
 
 import effv2_lib.experiments as experiments
 import effv2_lib.race as race
@@ -190,6 +191,8 @@ def test_the_race_runs_lands_epoch_by_epoch_and_sums_up_over_seeds(tmp_path, cap
     assert "| mean of 2 |" in table and table.count("`race-test`") == 2
     assert table.count("since moved to") == 1  # seed-1 was copied from seed-0: its runs say seed-0
     assert table.startswith("# The race") and "**Quick checks" in table
+    assert f"| {rows[0]['lead']:+.2f} (sd 0.00, " in table  # the mean lead keeps its sign
+    assert f"({torch.backends.cpu.get_cpu_capability()}) CPU" in table  # which vector instructions ran it
     real = json.loads((root / "seed-1" / "throughput.json").read_text()) | {"quick_check": False}
     (root / "seed-1" / "throughput.json").write_text(json.dumps(real))  # as if seed-1 were a real race
     with pytest.raises(ValueError, match="seed-0 is a quick check .* beside real races"):

@@ -7,6 +7,7 @@ from effv2_lib.runtime import (
     MemoryEstimate,
     Throughput,
     count_parameters,
+    cpu_name,
     device_memory,
     estimate_training_memory,
     fit_batch_size,
@@ -43,6 +44,9 @@ def test_devices_and_hardware():
             pick_device("cuda")
     info = hardware("cpu")
     assert info["device"] == "cpu" and info["torch"] == torch.__version__
+    # the vector instructions name the CPU in reports; records made before they were kept still read
+    assert cpu_name(info) == f"{info['device_name']} ({torch.backends.cpu.get_cpu_capability()})"
+    assert cpu_name({"device_name": "x86_64"}) == "x86_64"
 
 
 def test_train_throughput_leaves_the_model_untouched():
