@@ -163,12 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-schedule", dest="lr_schedule", choices=LR_SCHEDULES,
                    help="after warm-up: cosine to 0, or x0.97 every 2.4 epochs (paper)" + default("lr_schedule"))
     g.add_argument("--warmup-epochs", dest="warmup_epochs", type=float,
-                   help="linear warm-up, at most a fifth of the run" + default("warmup_epochs"))
+                   help="linear warm-up, at most a fifth of the run" + default("warmup_epochs")
+                   + "; automl: 5 epochs")
     g.add_argument("--label-smoothing", dest="label_smoothing", type=float,
                    help="cross-entropy label smoothing" + default("label_smoothing"))
     g.add_argument("--ema", action=argparse.BooleanOptionalAction, help="exponential moving average of the weights "
                    "(evaluated and reported instead of the raw weights)")
-    g.add_argument("--ema-decay", dest="ema_decay", type=float, help="per step" + default("ema_decay"))
+    g.add_argument("--ema-decay", dest="ema_decay", type=float, help="per step" + default("ema_decay")
+                   + "; automl: 0.9999, for ImageNet's many more steps per run")
     g.add_argument("--bn-reestimate", dest="bn_reestimate", action=argparse.BooleanOptionalAction,
                    help="re-estimate BatchNorm statistics at the eval size before the final evaluation "
                         "(default: only when the last stage trained at another size than the eval size)")
