@@ -191,18 +191,18 @@ def write_seed_report(root: str | Path) -> Path:
     race_dirs = sorted(root.glob("seed-*"), key=lambda p: p.name)
     rows = summarize_seeds(race_dirs)
     # One command per race: both runs record it, with "# run NAME" appended.
-    commands, machines = [], []
+    commands, summaries = [], []
     for race_dir in race_dirs:
         summary = read_json(race_dir / "progressive" / SUMMARY_FILE)
-        machines.append(summary["hardware"])
+        summaries.append(summary)
         command = f"`{summary['command'].split('  # run')[0]}`"
         trained_in = os.path.normpath(Path(summary["config"]["out"]).parent)
         if trained_in != os.path.normpath(race_dir):  # a report names where the runs are now
             command += f" (trained into {trained_in}, since moved to {os.path.normpath(race_dir)})"
         commands.append(command)
-    first = read_json(race_dirs[0] / "progressive" / SUMMARY_FILE)
-    eval_size = first["eval_size"]
+    eval_size = summaries[0]["eval_size"]
     # the first seed that recorded the CPU's vector instructions (older summaries lack them)
+    machines = [summary["hardware"] for summary in summaries]
     hardware = next((facts for facts in machines if "cpu_capability" in facts), machines[0])
     lines = ["# The race on the full CIFAR-10, several seeds", "",
              *(["**Quick checks (--smoke or EFFV2_QUICK=1): pipeline checks on 10 images per class. Their "
