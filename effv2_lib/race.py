@@ -167,21 +167,24 @@ def summarize_seeds(race_dirs: list[str | Path]) -> list[dict[str, Any]]:
 
 def seed_table(rows: list[dict[str, Any]]) -> list[str]:
     """`summarize_seeds`' rows as a Markdown table, with the mean and the spread (sample standard
-    deviation, min to max) of each accuracy and of the lead."""
+    deviation, min to max) of each accuracy and of the lead; for the lead also the standard error
+    of its mean (sd / sqrt(n)), what a mean lead is judged against."""
     lines = ["| seed | progressive: test acc. | cost (min) | fixed: test acc. | cost (min) | lead (points) |",
              "|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['seed']} | {100 * row['progressive_acc']:.2f}% | {row['progressive_cost_min']:.1f} "
                      f"| {100 * row['fixed_acc']:.2f}% | {row['fixed_cost_min']:.1f} | {row['lead']:+.2f} |")
     if len(rows) >= 2:
-        def spread(values: list[float], sign: str = "") -> str:  # sign "+": leads show theirs
-            return (f"{statistics.mean(values):{sign}.2f} (sd {statistics.stdev(values):.2f}, "
+        def spread(values: list[float], sign: str = "", error: bool = False) -> str:  # "+": leads show their sign
+            sd = statistics.stdev(values)
+            se = f"se {sd / len(values) ** 0.5:.2f}, " if error else ""
+            return (f"{statistics.mean(values):{sign}.2f} (sd {sd:.2f}, {se}"
                     f"{min(values):{sign}.2f} to {max(values):{sign}.2f})")
         lines.append(f"| mean of {len(rows)} | {spread([100 * r['progressive_acc'] for r in rows])} | "
                      f"{statistics.mean(r['progressive_cost_min'] for r in rows):.1f} | "
                      f"{spread([100 * r['fixed_acc'] for r in rows])} | "
                      f"{statistics.mean(r['fixed_cost_min'] for r in rows):.1f} | "
-                     f"{spread([r['lead'] for r in rows], '+')} |")
+                     f"{spread([r['lead'] for r in rows], '+', error=True)} |")
     return lines
 
 
@@ -211,7 +214,7 @@ def write_seed_report(root: str | Path) -> Path:
              "Each race: `effv2_lib.experiments race`, two runs of EfficientNetV2-CIFAR-tiny on all 50,000 "
              "training images, each within the same budget of training cost; test accuracy on the 10,000 test "
              f"images at {eval_size} px, the size both runs trained at last. Lead: progressive minus fixed, in "
-             "points.", "",
+             "points; se: the standard error of the mean lead.", "",
              *seed_table(rows), "",
              f"Hardware: {cpu_name(hardware)} CPU, {hardware['cpu_count']} cores, torch {hardware['torch']}.",
              "", "Commands (the data set named by EFFV2_DATA):", "", *[f"- {c}" for c in commands], ""]

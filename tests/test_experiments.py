@@ -204,6 +204,19 @@ def test_the_race_runs_lands_epoch_by_epoch_and_sums_up_over_seeds(tmp_path, cap
         plot_race(tmp_path)
 
 
+def test_the_seed_table_gives_the_mean_lead_its_standard_error():
+    def row(seed: int, progressive: float, fixed: float) -> dict:
+        return {"seed": seed, "progressive_acc": progressive, "fixed_acc": fixed, "progressive_cost_min": 4.0,
+                "fixed_cost_min": 5.0, "lead": 100 * (progressive - fixed)}
+
+    rows = [row(0, 0.57, 0.52), row(1, 0.56, 0.58), row(2, 0.53, 0.52), row(3, 0.55, 0.55)]
+    last = race.seed_table(rows)[-1]
+    # leads +5, -2, +1, 0: mean +1.00, sd 2.94, se = sd / sqrt(4) = 1.47
+    assert last.startswith("| mean of 4 |") and last.endswith("| +1.00 (sd 2.94, se 1.47, -2.00 to +5.00) |")
+    assert last.count("se ") == 1  # the accuracies keep their sd alone
+    assert len(race.seed_table(rows[:1])) == 3  # one race: no spread to give
+
+
 def test_side_by_side_runs_say_whose_each_line_is():
     stream = io.StringIO()
     prefixed = experiments._LinePrefix(stream, "[fixed] ")
