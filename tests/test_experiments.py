@@ -186,6 +186,8 @@ def test_the_race_runs_lands_epoch_by_epoch_and_sums_up_over_seeds(tmp_path, cap
     shutil.copytree(root / "seed-0", root / "seed-1")
     rows = summarize_seeds([root / "seed-0", root / "seed-1"])
     assert rows[0]["lead"] == pytest.approx(100 * (rows[0]["progressive_acc"] - rows[0]["fixed_acc"]))
+    fixed_summary = json.loads((root / "seed-0" / "fixed-time-matched" / "summary.json").read_text())
+    assert rows[0]["fixed_wall_min"] == fixed_summary["wall_time_s"] / 60 > fixed_summary["train_time_s"] / 60
     assert race.main([str(root)]) == 0
     table = (root / "README.md").read_text()
     assert "| mean of 2 |" in table and table.count("`race-test`") == 2
