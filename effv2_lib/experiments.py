@@ -505,6 +505,12 @@ def results_table(finished: dict[str, tuple[dict, list, list]], *, wall_and_load
     return lines
 
 
+def _machine(hw: dict[str, Any]) -> str:
+    threads = hw["torch_threads"]
+    return (f"{cpu_name(hw)} CPU, {hw['cpu_count']} cores, {threads} torch thread{'' if threads == 1 else 's'}, "
+            f"torch {hw['torch']}")
+
+
 def write_report(out: str | Path) -> Path:
     """OUT/README.md (the table) and OUT/comparison.png from the finished runs in `out`."""
     import matplotlib.pyplot as plt
@@ -541,10 +547,17 @@ def write_report(out: str | Path) -> Path:
     if missing:
         lines += ["", f"Not run yet (or still running): {', '.join(missing)}."]
     if finished:
-        hw = next(iter(finished.values()))[0]["hardware"]
-        lines += ["", f"Hardware: {cpu_name(hw)} CPU, {hw['cpu_count']} cores, {hw['torch_threads']} torch "
-                      f"threads, torch {hw['torch']}. Training images/s (median of {throughput['repeats']} timings "
-                      f"of {throughput['steps']} steps, batch {throughput['batch_size']}, random data): "
+        # Runs of one folder can train on different machines (a seed completed in a later session);
+        # the report names each one then, and the CPU that timed the sizes where it is another.
+        machines = {name: _machine(summary["hardware"]) for name, (summary, _, _) in finished.items()}
+        hardware_text = (f"Hardware: {next(iter(machines.values()))}." if len(set(machines.values())) == 1 else
+                         "Hardware, run by run: " + "; ".join(f"{name} on {machine}" for name, machine in
+                                                            machines.items()) + ".")
+        timed = throughput.get("hardware")
+        trained_cpus = {cpu_name(summary["hardware"]) for summary, _, _ in finished.values()}
+        timed_on = "" if timed is None or trained_cpus == {cpu_name(timed)} else f", timed on the {cpu_name(timed)} CPU"
+        lines += ["", f"{hardware_text} Training images/s (median of {throughput['repeats']} timings "
+                      f"of {throughput['steps']} steps, batch {throughput['batch_size']}, random data{timed_on}): "
                   + ", ".join(f"{key} {value['images_per_s']:.0f}" for key, value in rates.items()) + ".",
                   "", "Commands:", ""]
         lines += [f"- {name}: `{summary['command']}`" for name, (summary, _, _) in finished.items()]

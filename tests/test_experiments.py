@@ -127,6 +127,17 @@ def test_the_experiment_resumes_an_interrupted_run_and_skips_finished_ones(tmp_p
     monkeypatch.setattr(experiments, "_train_one", lambda *a: pytest.fail("a finished run was trained again"))
     run_experiment("cpu-cifar10", None, out, epochs=4, only=only, smoke=True, progress=False, command="test")
 
+    # a run finished on another CPU (a seed completed later): the report names each run's machine
+    assert "run by run" not in report
+    summary_file = out / "fixed" / "summary.json"
+    summary = json.loads(summary_file.read_text())
+    summary["hardware"] = {**summary["hardware"], "cpu_capability": "OTHER", "torch_threads": 1}
+    summary_file.write_text(json.dumps(summary))
+    report = experiments.write_report(out).read_text()
+    assert "Hardware, run by run: progressive on " in report
+    assert "; fixed on x86_64 (OTHER) CPU, " in report.replace(summary["hardware"]["device_name"], "x86_64")
+    assert "1 torch thread," in report and "timed on the " in report
+
 
 def test_the_command_refuses_bad_input_with_one_line(tmp_path, capsys):
     assert experiments.main(["cpu-cifar10", "--out", str(tmp_path), "--epochs", "3", "--smoke"]) == 1
